@@ -1,0 +1,306 @@
+//! The protocol of one idempotent call: claim, replay or run, record.
+
+use futures_util::FutureExt;
+use futures_util::future::{Either, select};
+use std::convert::Infallible;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::error::CodecError;
+use crate::observe::{self, Outcome};
+use crate::policy::{ErrorPolicy, OnConflict, Options, ValueCodec};
+use crate::store::{Claim, Outcome as Recorded, Output, Record, Store, Token};
+use crate::{Error, Fingerprint, Key, StoreError};
+
+/// Longest pause between polls of a store that cannot notify waiters.
+const MAX_POLL: Duration = Duration::from_millis(250);
+
+/// Runs `body` at most once per key: the whole protocol of DESIGN.md.
+///
+/// `key` and `fingerprint` are computed by the caller before the body could run (the
+/// macro evaluates them from the arguments). Mismatch is checked on every path that finds
+/// a record. The body's `Ok` is recorded for `options.ttl`; its `Err` is released or
+/// recorded as `policy` says. A panic releases the claim and resumes; a dropped future
+/// asks the store to release in the background.
+///
+/// The output codec, the error policy and `into_error` (usually `E::from`) are values, not
+/// trait bounds, so that the macro can check each where the user wrote the type.
+#[allow(clippy::too_many_arguments)]
+pub async fn execute<S, P, T, E, F>(
+    store: &S,
+    key: Result<Key, Error>,
+    fingerprint: Result<Fingerprint, CodecError>,
+    options: &Options,
+    output: ValueCodec<T>,
+    policy: P,
+    into_error: fn(Error) -> E,
+    body: F,
+) -> Result<T, E>
+where
+    S: Store + ?Sized,
+    P: ErrorPolicy<E>,
+    F: Future<Output = Result<T, E>>,
+{
+    let key = key.map_err(into_error)?;
+    let fingerprint = fingerprint.map_err(|e| into_error(e.into()))?;
+    let span = observe::span(options.namespace, key.digest());
+    let call = Call {
+        store,
+        key: &key,
+        fingerprint: &fingerprint,
+        options,
+    };
+    call.run(output, policy, into_error, body)
+        .instrument(span)
+        .await
+}
+
+struct Call<'a, S: ?Sized> {
+    store: &'a S,
+    key: &'a Key,
+    fingerprint: &'a Fingerprint,
+    options: &'a Options,
+}
+
+enum Acquired {
+    Owner(Token),
+    Replay(Record),
+}
+
+impl<S: Store + ?Sized> Call<'_, S> {
+    async fn run<P, T, E, F>(
+        &self,
+        output: ValueCodec<T>,
+        policy: P,
+        into_error: fn(Error) -> E,
+        body: F,
+    ) -> Result<T, E>
+    where
+        P: ErrorPolicy<E>,
+        F: Future<Output = Result<T, E>>,
+    {
+        let token = match self.acquire().await.map_err(into_error)? {
+            Acquired::Owner(token) => token,
+            Acquired::Replay(record) => {
+                return self.replay(&output, &policy, record).map_err(into_error)?;
+            }
+        };
+        let guard = ReleaseOnDrop {
+            store: self.store,
+            key: self.key,
+            token: Some(token),
+        };
+        let result = AssertUnwindSafe(self.with_heartbeat(token, body))
+            .catch_unwind()
+            .await;
+        guard.disarm();
+        match result {
+            Err(panic) => {
+                self.release(token).await;
+                self.outcome(Outcome::Panicked);
+                std::panic::resume_unwind(panic)
+            }
+            Ok(Ok(value)) => match output.encode(&value) {
+                Ok(bytes) => {
+                    self.record(token, Recorded::Ok, bytes).await;
+                    Ok(value)
+                }
+                Err(e) => {
+                    // Unrecordable output: free the key and say so loudly.
+                    self.release(token).await;
+                    self.outcome(Outcome::CodecError);
+                    Err(into_error(Error::Codec(e)))
+                }
+            },
+            Ok(Err(error)) => {
+                match policy.record(&error) {
+                    Some(Ok(bytes)) => self.record(token, Recorded::Err, bytes).await,
+                    Some(Err(e)) => {
+                        tracing::warn!(%e, "could not encode the error to cache it; released");
+                        self.release(token).await;
+                        self.outcome(Outcome::Released);
+                    }
+                    None => {
+                        self.release(token).await;
+                        self.outcome(Outcome::Released);
+                    }
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Claims the key, waiting for a concurrent owner if the options say so.
+    async fn acquire(&self) -> Result<Acquired, Error> {
+        let deadline = Instant::now() + self.options.wait_timeout;
+        let mut poll = Duration::from_millis(2);
+        loop {
+            let claim = self
+                .store
+                .claim(self.key, self.fingerprint, self.options.lease)
+                .await;
+            let busy = match claim {
+                Ok(Claim::Claimed(token)) => return Ok(Acquired::Owner(token)),
+                Ok(Claim::Completed(record)) => {
+                    self.check_fingerprint(&record.fingerprint)?;
+                    return Ok(Acquired::Replay(record));
+                }
+                Ok(Claim::InProgress(busy)) => busy,
+                Err(e) => {
+                    self.outcome(Outcome::StoreError);
+                    return Err(e.into());
+                }
+            };
+            self.check_fingerprint(&busy.fingerprint)?;
+            if self.options.on_conflict == OnConflict::Reject {
+                self.outcome(Outcome::InProgress);
+                return Err(Error::InProgress);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.outcome(Outcome::WaitTimeout);
+                return Err(Error::WaitTimeout);
+            }
+            // Wake when the owner finishes, its lease runs out, or our patience does.
+            let mut pause = deadline - now;
+            if let Some(lease) = busy.lease_remaining {
+                pause = pause.min(lease + Duration::from_millis(1));
+            }
+            match busy.waiter {
+                Some(waiter) => {
+                    let _ = tokio::time::timeout(pause, waiter).await;
+                }
+                None => {
+                    tokio::time::sleep(pause.min(poll)).await;
+                    poll = (poll * 2).min(MAX_POLL);
+                }
+            }
+        }
+    }
+
+    fn check_fingerprint(&self, recorded: &Fingerprint) -> Result<(), Error> {
+        if recorded == self.fingerprint {
+            Ok(())
+        } else {
+            self.outcome(Outcome::Mismatch);
+            Err(Error::PayloadMismatch)
+        }
+    }
+
+    /// The recorded result: `Ok(Ok)` / `Ok(Err)` replays it, `Err` is a codec failure.
+    fn replay<P, T, E>(
+        &self,
+        output: &ValueCodec<T>,
+        policy: &P,
+        record: Record,
+    ) -> Result<Result<T, E>, Error>
+    where
+        P: ErrorPolicy<E>,
+    {
+        let replayed = match record.output.outcome {
+            Recorded::Ok => output.decode(&record.output.bytes).map(Ok),
+            Recorded::Err => policy.replay(&record.output.bytes).map(Err),
+        };
+        match replayed {
+            Ok(result) => {
+                self.outcome(Outcome::Replayed);
+                Ok(result)
+            }
+            Err(e) => {
+                self.outcome(Outcome::CodecError);
+                Err(Error::Codec(e))
+            }
+        }
+    }
+
+    /// Runs the body while renewing the lease every third of it.
+    async fn with_heartbeat<F: Future>(&self, token: Token, body: F) -> F::Output {
+        let body = pin!(body);
+        let beat = pin!(self.heartbeat(token));
+        match select(body, beat).await {
+            Either::Left((output, _)) => output,
+            Either::Right((never, _)) => match never {},
+        }
+    }
+
+    async fn heartbeat(&self, token: Token) -> Infallible {
+        let lease = self.options.lease;
+        let period = (lease / 3).max(Duration::from_millis(1));
+        let mut lost = false;
+        loop {
+            tokio::time::sleep(period).await;
+            if lost {
+                continue;
+            }
+            match self.store.renew(self.key, token, lease).await {
+                Ok(()) => {}
+                Err(StoreError::LeaseLost) => {
+                    tracing::warn!(
+                        "lease lost while the body runs; its result will not be recorded"
+                    );
+                    lost = true;
+                }
+                Err(e) => observe::store_error(self.options.namespace, "renew", &e),
+            }
+        }
+    }
+
+    /// Records the output; a failure here does not undo the body, so it is logged, and the
+    /// caller still gets the body's result.
+    async fn record(&self, token: Token, outcome: Recorded, bytes: bytes::Bytes) {
+        let output = Output { outcome, bytes };
+        match self
+            .store
+            .complete(self.key, token, output, self.options.ttl)
+            .await
+        {
+            Ok(()) => self.outcome(Outcome::Executed),
+            Err(StoreError::LeaseLost) => {
+                tracing::warn!("lease lost: another call took the record over; not recorded");
+                self.outcome(Outcome::LeaseLost);
+            }
+            Err(e) => {
+                observe::store_error(self.options.namespace, "complete", &e);
+                self.outcome(Outcome::StoreError);
+            }
+        }
+    }
+
+    async fn release(&self, token: Token) {
+        match self.store.release(self.key, token).await {
+            Ok(()) => {}
+            Err(StoreError::LeaseLost) => self.outcome(Outcome::LeaseLost),
+            Err(e) => observe::store_error(self.options.namespace, "release", &e),
+        }
+    }
+
+    fn outcome(&self, outcome: Outcome) {
+        observe::record(self.options.namespace, outcome);
+    }
+}
+
+/// Releases the claim if the call's future is dropped before it finishes.
+struct ReleaseOnDrop<'a, S: Store + ?Sized> {
+    store: &'a S,
+    key: &'a Key,
+    token: Option<Token>,
+}
+
+impl<S: Store + ?Sized> ReleaseOnDrop<'_, S> {
+    fn disarm(mut self) {
+        self.token = None;
+    }
+}
+
+impl<S: Store + ?Sized> Drop for ReleaseOnDrop<'_, S> {
+    fn drop(&mut self) {
+        if let Some(token) = self.token.take() {
+            tracing::debug!("call cancelled; releasing its claim");
+            self.store.release_on_drop(self.key, token);
+        }
+    }
+}

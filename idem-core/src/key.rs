@@ -1,0 +1,321 @@
+//! Idempotency keys: what a key may be made of, and the fixed-size digest stores index.
+
+use sha2::{Digest, Sha256};
+use std::fmt::{self, Write as _};
+
+use crate::Error;
+
+/// How many characters of the key the operator-facing preview keeps.
+const PREVIEW_CHARS: usize = 64;
+
+/// A value an idempotency key (or scope) can be made of.
+///
+/// Every key is text: `42u32`, `42i64` and `"42"` are the same key, so a key read from an
+/// HTTP header matches one taken from a numeric field. Tuples make composite keys whose
+/// parts stay separate (`("ab", "c")` and `("a", "bc")` differ). `None` is
+/// [`Error::MissingKey`], an empty part [`Error::InvalidKey`].
+pub trait IntoKey {
+    /// Writes this key's parts to `out`.
+    fn write_key(&self, out: &mut KeyWriter) -> Result<(), Error>;
+}
+
+/// Receives the text parts of a key; see [`IntoKey`].
+pub struct KeyWriter {
+    hasher: Sha256,
+    preview: String,
+}
+
+impl KeyWriter {
+    /// Adds one text part. An empty part is [`Error::InvalidKey`].
+    pub fn part(&mut self, text: &str) -> Result<(), Error> {
+        if text.is_empty() {
+            return Err(Error::InvalidKey);
+        }
+        self.separate();
+        self.preview.push_str(text);
+        hash_part(&mut self.hasher, text.as_bytes());
+        Ok(())
+    }
+
+    /// Adds one part rendered with `Display` (integers, UUIDs).
+    pub fn display(&mut self, value: impl fmt::Display) -> Result<(), Error> {
+        self.separate();
+        let start = self.preview.len();
+        // Writing to a String cannot fail.
+        let _ = write!(self.preview, "{value}");
+        if self.preview.len() == start {
+            return Err(Error::InvalidKey);
+        }
+        hash_part(&mut self.hasher, &self.preview.as_bytes()[start..]);
+        Ok(())
+    }
+
+    fn separate(&mut self) {
+        if !self.preview.is_empty() && !self.preview.ends_with('/') {
+            self.preview.push(':');
+        }
+    }
+
+    fn end_section(&mut self, marker: &str) {
+        self.hasher.update([SECTION_END]);
+        self.preview.push_str(marker);
+    }
+}
+
+const PART: u8 = 1;
+const SECTION_END: u8 = 2;
+
+fn hash_part(hasher: &mut Sha256, bytes: &[u8]) {
+    hasher.update([PART]);
+    hasher.update((bytes.len() as u64).to_le_bytes());
+    hasher.update(bytes);
+}
+
+/// The fixed-size digest of `(namespace, scope, key)` that stores index.
+///
+/// Stores never see raw key text in their index: no length limits, nothing to inject.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyDigest([u8; 32]);
+
+impl KeyDigest {
+    /// The digest's bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// A digest from bytes a store read back.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        KeyDigest(bytes)
+    }
+
+    /// The first 8 bytes in hex: enough to correlate logs, never the raw key.
+    pub fn short(&self) -> String {
+        hex(&self.0[..8])
+    }
+}
+
+impl fmt::Debug for KeyDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyDigest({})", hex(&self.0))
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// A resolved idempotency key: its digest, its namespace and a short readable preview.
+#[derive(Clone, Debug)]
+pub struct Key {
+    digest: KeyDigest,
+    namespace: &'static str,
+    preview: String,
+}
+
+impl Key {
+    /// The key `key` in `namespace` (by default the function's path), without a scope.
+    pub fn new<K: IntoKey + ?Sized>(namespace: &'static str, key: &K) -> Result<Key, Error> {
+        Self::build(namespace, None::<&str>, key)
+    }
+
+    /// The key `key` under `scope` (a tenant or user) in `namespace`.
+    pub fn scoped<S: IntoKey + ?Sized, K: IntoKey + ?Sized>(
+        namespace: &'static str,
+        scope: &S,
+        key: &K,
+    ) -> Result<Key, Error> {
+        Self::build(namespace, Some(scope), key)
+    }
+
+    fn build<S: IntoKey + ?Sized, K: IntoKey + ?Sized>(
+        namespace: &'static str,
+        scope: Option<&S>,
+        key: &K,
+    ) -> Result<Key, Error> {
+        let mut hasher = Sha256::new();
+        hasher.update(b"idem/key/v1\0");
+        hash_part(&mut hasher, namespace.as_bytes());
+        let mut w = KeyWriter {
+            hasher,
+            preview: String::new(),
+        };
+        if let Some(scope) = scope {
+            scope.write_key(&mut w)?;
+            w.end_section("/");
+        } else {
+            w.hasher.update([SECTION_END]);
+        }
+        key.write_key(&mut w)?;
+        w.hasher.update([SECTION_END]);
+        let mut preview = w.preview;
+        if let Some((cut, _)) = preview.char_indices().nth(PREVIEW_CHARS) {
+            preview.truncate(cut);
+            preview.push('…');
+        }
+        Ok(Key {
+            digest: KeyDigest(w.hasher.finalize().into()),
+            namespace,
+            preview,
+        })
+    }
+
+    /// The digest stores index.
+    pub fn digest(&self) -> &KeyDigest {
+        &self.digest
+    }
+
+    /// The namespace (function path or `name =`).
+    pub fn namespace(&self) -> &'static str {
+        self.namespace
+    }
+
+    /// The scope and key as text, cut to 64 characters, for operators (`scope/key`).
+    pub fn preview(&self) -> &str {
+        &self.preview
+    }
+}
+
+impl IntoKey for str {
+    fn write_key(&self, out: &mut KeyWriter) -> Result<(), Error> {
+        out.part(self)
+    }
+}
+
+impl IntoKey for String {
+    fn write_key(&self, out: &mut KeyWriter) -> Result<(), Error> {
+        out.part(self)
+    }
+}
+
+impl IntoKey for std::borrow::Cow<'_, str> {
+    fn write_key(&self, out: &mut KeyWriter) -> Result<(), Error> {
+        out.part(self)
+    }
+}
+
+impl<T: IntoKey + ?Sized> IntoKey for &T {
+    fn write_key(&self, out: &mut KeyWriter) -> Result<(), Error> {
+        (**self).write_key(out)
+    }
+}
+
+impl<T: IntoKey + ?Sized> IntoKey for Box<T> {
+    fn write_key(&self, out: &mut KeyWriter) -> Result<(), Error> {
+        (**self).write_key(out)
+    }
+}
+
+impl<T: IntoKey + ?Sized> IntoKey for std::sync::Arc<T> {
+    fn write_key(&self, out: &mut KeyWriter) -> Result<(), Error> {
+        (**self).write_key(out)
+    }
+}
+
+impl<T: IntoKey> IntoKey for Option<T> {
+    fn write_key(&self, out: &mut KeyWriter) -> Result<(), Error> {
+        match self {
+            Some(key) => key.write_key(out),
+            None => Err(Error::MissingKey),
+        }
+    }
+}
+
+macro_rules! display_keys {
+    ($($t:ty),*) => {$(
+        impl IntoKey for $t {
+            fn write_key(&self, out: &mut KeyWriter) -> Result<(), Error> {
+                out.display(self)
+            }
+        }
+    )*};
+}
+
+display_keys!(
+    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, char
+);
+
+#[cfg(feature = "uuid")]
+display_keys!(uuid::Uuid);
+
+macro_rules! tuple_keys {
+    ($(($($n:tt $t:ident),+))*) => {$(
+        impl<$($t: IntoKey),+> IntoKey for ($($t,)+) {
+            fn write_key(&self, out: &mut KeyWriter) -> Result<(), Error> {
+                $(self.$n.write_key(out)?;)+
+                Ok(())
+            }
+        }
+    )*};
+}
+
+tuple_keys! {
+    (0 A, 1 B)
+    (0 A, 1 B, 2 C)
+    (0 A, 1 B, 2 C, 3 D)
+    (0 A, 1 B, 2 C, 3 D, 4 E)
+    (0 A, 1 B, 2 C, 3 D, 4 E, 5 F)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest<K: IntoKey + ?Sized>(k: &K) -> KeyDigest {
+        *Key::new("ns", k).unwrap().digest()
+    }
+
+    #[test]
+    fn integers_and_text_are_the_same_key() {
+        assert_eq!(digest(&42u32), digest(&42i64));
+        assert_eq!(digest(&42u8), digest("42"));
+        assert_ne!(digest(&42u8), digest(&43u8));
+    }
+
+    #[test]
+    fn tuple_parts_stay_separate() {
+        assert_ne!(digest(&("ab", "c")), digest(&("a", "bc")));
+        assert_ne!(digest(&("a", "b")), digest("a:b"));
+    }
+
+    #[test]
+    fn scope_and_namespace_separate_keys() {
+        let plain = Key::new("ns", "k").unwrap();
+        let scoped = Key::scoped("ns", "u1", "k").unwrap();
+        let other_scope = Key::scoped("ns", "u2", "k").unwrap();
+        let other_ns = Key::new("ns2", "k").unwrap();
+        assert_ne!(plain.digest(), scoped.digest());
+        assert_ne!(scoped.digest(), other_scope.digest());
+        assert_ne!(plain.digest(), other_ns.digest());
+        // Moving a part between scope and key makes another key.
+        let a = Key::scoped("ns", &("u", "v"), "k").unwrap();
+        let b = Key::scoped("ns", "u", &("v", "k")).unwrap();
+        assert_ne!(a.digest(), b.digest());
+        assert_eq!(scoped.preview(), "u1/k");
+    }
+
+    #[test]
+    fn none_is_missing_and_empty_is_invalid() {
+        assert!(matches!(
+            Key::new("ns", &None::<String>),
+            Err(Error::MissingKey)
+        ));
+        assert!(matches!(Key::new("ns", ""), Err(Error::InvalidKey)));
+        assert!(matches!(Key::new("ns", &("a", "")), Err(Error::InvalidKey)));
+        assert!(matches!(
+            Key::scoped("ns", &None::<u64>, "k"),
+            Err(Error::MissingKey)
+        ));
+    }
+
+    #[test]
+    fn preview_is_cut() {
+        let long = "x".repeat(500);
+        let key = Key::new("ns", &long).unwrap();
+        assert_eq!(key.preview().chars().count(), PREVIEW_CHARS + 1);
+        assert_eq!(key.digest().short().len(), 16);
+    }
+}

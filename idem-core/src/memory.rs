@@ -1,0 +1,331 @@
+//! `MemoryStore`: records in a moka cache, for one process.
+
+use async_trait::async_trait;
+use moka::future::Cache;
+use moka::ops::compute::Op;
+use moka::policy::{EvictionPolicy, Expiry};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+use crate::store::{Busy, Claim, Output, Record, Store, Token, Waiter};
+use crate::{Fingerprint, Key, KeyDigest, StoreError};
+
+/// How long moka keeps an entry past its deadline, so that `purge_expired` sees (and
+/// counts) what it removes; every read checks the deadline itself.
+const GRACE: Duration = Duration::from_secs(1);
+
+/// The in-memory store: exactly-once within one process.
+///
+/// Built on moka's `future::Cache`: claim, complete, renew and release are atomic per key
+/// (`and_compute_with`); a replay is one lock-free read. Entries expire with their lease
+/// or TTL, and at most `max_capacity` records are kept — past that the least recently used
+/// are evicted, so size it above the number of keys live within a TTL. Calls waiting on
+/// an in-progress key are woken when it completes, not polled.
+#[derive(Clone)]
+pub struct MemoryStore {
+    cache: Cache<KeyDigest, Arc<Slot>>,
+    tokens: Arc<AtomicU64>,
+}
+
+enum Slot {
+    InProgress {
+        token: Token,
+        fingerprint: Fingerprint,
+        lease_until: Instant,
+        changed: Arc<watch::Sender<()>>,
+    },
+    Completed {
+        record: Record,
+        expires_at: Instant,
+    },
+}
+
+impl Slot {
+    fn deadline(&self) -> Instant {
+        match self {
+            Slot::InProgress { lease_until, .. } => *lease_until,
+            Slot::Completed { expires_at, .. } => *expires_at,
+        }
+    }
+
+    fn is_live(&self, now: Instant) -> bool {
+        self.deadline() > now
+    }
+
+    fn owned_by(&self, token: Token) -> Option<&Arc<watch::Sender<()>>> {
+        match self {
+            Slot::InProgress {
+                token: owner,
+                changed,
+                ..
+            } if *owner == token => Some(changed),
+            _ => None,
+        }
+    }
+}
+
+struct UntilDeadline;
+
+impl Expiry<KeyDigest, Arc<Slot>> for UntilDeadline {
+    fn expire_after_create(&self, _: &KeyDigest, slot: &Arc<Slot>, _: Instant) -> Option<Duration> {
+        Some(slot.deadline().saturating_duration_since(Instant::now()) + GRACE)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &KeyDigest,
+        slot: &Arc<Slot>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(slot.deadline().saturating_duration_since(Instant::now()) + GRACE)
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// A store holding at most 1,000,000 records.
+    pub fn new() -> Self {
+        Self::with_capacity(1_000_000)
+    }
+
+    /// A store holding at most `max_capacity` records (least recently used evicted first).
+    pub fn with_capacity(max_capacity: u64) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(max_capacity)
+            // LRU admits every new entry; TinyLFU could refuse a fresh claim when full.
+            .eviction_policy(EvictionPolicy::lru())
+            .expire_after(UntilDeadline)
+            .build();
+        MemoryStore {
+            cache,
+            tokens: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// How many records it holds (approximate, as moka counts).
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    fn next_token(&self) -> Token {
+        Token::new(self.tokens.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Replaces the record `token` owns with `next` (or removes it), waking waiters.
+    async fn fenced(
+        &self,
+        key: &KeyDigest,
+        token: Token,
+        next: impl FnOnce() -> Option<Slot>,
+    ) -> Result<(), StoreError> {
+        let mut owned = false;
+        self.cache
+            .entry(*key)
+            .and_compute_with(|entry| {
+                let op = match entry.as_ref().and_then(|e| e.value().owned_by(token)) {
+                    Some(changed) => {
+                        owned = true;
+                        changed.send_replace(());
+                        match next() {
+                            Some(slot) => Op::Put(Arc::new(slot)),
+                            None => Op::Remove,
+                        }
+                    }
+                    None => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+        if owned {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost)
+        }
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn claim(
+        &self,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let digest = *key.digest();
+        // Replays read without taking the per-key lock.
+        if let Some(slot) = self.cache.get(&digest).await
+            && let Slot::Completed { record, expires_at } = &*slot
+            && *expires_at > Instant::now()
+        {
+            return Ok(Claim::Completed(record.clone()));
+        }
+        let mut claim = None;
+        self.cache
+            .entry(digest)
+            .and_compute_with(|entry| {
+                let now = Instant::now();
+                let op = match entry.map(|e| e.into_value()) {
+                    Some(slot) if slot.is_live(now) => {
+                        claim = Some(match &*slot {
+                            Slot::Completed { record, .. } => Claim::Completed(record.clone()),
+                            Slot::InProgress {
+                                fingerprint,
+                                lease_until,
+                                changed,
+                                ..
+                            } => {
+                                // Subscribed under the key's lock: no wake-up can be missed.
+                                let mut rx = changed.subscribe();
+                                Claim::InProgress(Busy {
+                                    fingerprint: *fingerprint,
+                                    lease_remaining: Some(
+                                        lease_until.saturating_duration_since(now),
+                                    ),
+                                    waiter: Some(Waiter::new(async move {
+                                        let _ = rx.changed().await;
+                                    })),
+                                })
+                            }
+                        });
+                        Op::Nop
+                    }
+                    stale => {
+                        // Absent or expired. Waiters on an expired claim are woken too.
+                        if let Some(Slot::InProgress { changed, .. }) = stale.as_deref() {
+                            changed.send_replace(());
+                        }
+                        let token = self.next_token();
+                        claim = Some(Claim::Claimed(token));
+                        Op::Put(Arc::new(Slot::InProgress {
+                            token,
+                            fingerprint: *fingerprint,
+                            lease_until: now + lease,
+                            changed: Arc::new(watch::Sender::new(())),
+                        }))
+                    }
+                };
+                std::future::ready(op)
+            })
+            .await;
+        claim.ok_or_else(|| StoreError::backend("claim", "moka did not run the claim"))
+    }
+
+    async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
+        let mut renewed = false;
+        self.cache
+            .entry(*key.digest())
+            .and_compute_with(|entry| {
+                let op = match entry.as_ref().map(|e| &**e.value()) {
+                    Some(Slot::InProgress {
+                        token: owner,
+                        fingerprint,
+                        changed,
+                        ..
+                    }) if *owner == token => {
+                        renewed = true;
+                        Op::Put(Arc::new(Slot::InProgress {
+                            token,
+                            fingerprint: *fingerprint,
+                            lease_until: Instant::now() + lease,
+                            changed: changed.clone(),
+                        }))
+                    }
+                    _ => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+        if renewed {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost)
+        }
+    }
+
+    async fn complete(
+        &self,
+        key: &Key,
+        token: Token,
+        output: Output,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let digest = *key.digest();
+        let fingerprint = match self.cache.get(&digest).await.as_deref() {
+            Some(Slot::InProgress { fingerprint, .. }) => *fingerprint,
+            _ => return Err(StoreError::LeaseLost),
+        };
+        self.fenced(&digest, token, || {
+            Some(Slot::Completed {
+                record: Record {
+                    fingerprint,
+                    output,
+                },
+                expires_at: Instant::now() + ttl,
+            })
+        })
+        .await
+    }
+
+    async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
+        self.fenced(key.digest(), token, || None).await
+    }
+
+    fn release_on_drop(&self, key: &Key, token: Token) {
+        let store = self.clone();
+        let digest = *key.digest();
+        let mut release = Box::pin(async move {
+            let _ = store.fenced(&digest, token, || None).await;
+        });
+        // Usually done in the first poll, so the next call finds the key free; else it
+        // finishes on the runtime (and failing that, the lease expires).
+        if release
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_pending()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(release);
+        }
+    }
+
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        let now = Instant::now();
+        let expired: Vec<KeyDigest> = self
+            .cache
+            .iter()
+            .filter(|(_, slot)| !slot.is_live(now))
+            .map(|(key, _)| *key)
+            .collect();
+        let mut purged = 0;
+        for key in expired {
+            let mut removed = false;
+            self.cache
+                .entry(key)
+                .and_compute_with(|entry| {
+                    let op = match entry {
+                        Some(e) if !e.value().is_live(Instant::now()) => {
+                            removed = true;
+                            Op::Remove
+                        }
+                        _ => Op::Nop,
+                    };
+                    std::future::ready(op)
+                })
+                .await;
+            purged += u64::from(removed);
+        }
+        self.cache.run_pending_tasks().await;
+        Ok(purged)
+    }
+}

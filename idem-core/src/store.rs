@@ -1,0 +1,178 @@
+//! The storage trait every backend implements, and the values it exchanges.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{Fingerprint, Key, StoreError};
+
+/// Where idempotency records live.
+///
+/// A record is absent, in progress (a claim with a lease and a fencing [`Token`]) or
+/// completed (an [`Output`] kept for a TTL); an expired record of either kind counts as
+/// absent. Every implementation runs the conformance suite (`idem::testing`).
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// One atomic operation: claims the key if no live record exists, else reports the live
+    /// record. A replay of a completed record must not write.
+    async fn claim(
+        &self,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreError>;
+
+    /// Extends the lease of the claim `token` to `lease` from now
+    /// ([`StoreError::LeaseLost`] if the claim is no longer this token's).
+    async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError>;
+
+    /// Records `output` for `ttl`, only while `token` still owns the claim
+    /// ([`StoreError::LeaseLost`] otherwise, and nothing is written).
+    async fn complete(
+        &self,
+        key: &Key,
+        token: Token,
+        output: Output,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Removes the claim `token` holds, so that the next call runs again
+    /// ([`StoreError::LeaseLost`] if another call owns the record now).
+    async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError>;
+
+    /// Starts releasing a claim whose call was cancelled, without waiting (called from
+    /// `Drop`). Best effort; by default nothing happens and the lease bounds the damage.
+    fn release_on_drop(&self, key: &Key, token: Token) {
+        let _ = (key, token);
+    }
+
+    /// Deletes expired records; returns how many.
+    async fn purge_expired(&self) -> Result<u64, StoreError>;
+}
+
+/// What [`Store::claim`] found.
+#[derive(Debug)]
+pub enum Claim {
+    /// No live record existed: the caller owns a new in-progress record.
+    Claimed(Token),
+    /// A completed record: replay it (after checking its fingerprint).
+    Completed(Record),
+    /// Another call owns a live in-progress record.
+    InProgress(Busy),
+}
+
+/// A fencing token: identifies one claim of a key; a later claim of the same key gets
+/// another token, and operations with the old one are refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Token(u64);
+
+impl Token {
+    /// A token from its stored value.
+    pub fn new(value: u64) -> Self {
+        Token(value)
+    }
+
+    /// The stored value.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// Whether the recorded output is the body's `Ok` or a cached `Err`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The body returned `Ok`.
+    Ok,
+    /// The body returned `Err` and the function caches errors.
+    Err,
+}
+
+/// A recorded output: the codec-tagged bytes of the `Ok` value or of the cached `Err`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Output {
+    /// Ok or Err.
+    pub outcome: Outcome,
+    /// The encoded value, starting with its codec tag.
+    pub bytes: Bytes,
+}
+
+/// A completed record as a store returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// The fingerprint of the request that produced it.
+    pub fingerprint: Fingerprint,
+    /// The recorded output.
+    pub output: Output,
+}
+
+/// A live in-progress record owned by another call.
+pub struct Busy {
+    /// The fingerprint of the request in progress (a different one is a payload mismatch).
+    pub fingerprint: Fingerprint,
+    /// Roughly how long until its lease expires, if the store knows.
+    pub lease_remaining: Option<Duration>,
+    /// Resolves when the record changes, where the store can notify in process; `None`
+    /// means the caller polls.
+    pub waiter: Option<Waiter>,
+}
+
+impl fmt::Debug for Busy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Busy")
+            .field("fingerprint", &self.fingerprint)
+            .field("lease_remaining", &self.lease_remaining)
+            .field("waiter", &self.waiter.is_some())
+            .finish()
+    }
+}
+
+/// A future that resolves when an in-progress record completes, is released or goes away.
+pub struct Waiter(Pin<Box<dyn Future<Output = ()> + Send>>);
+
+impl Waiter {
+    /// Wraps a notification future.
+    pub fn new(notified: impl Future<Output = ()> + Send + 'static) -> Self {
+        Waiter(Box::pin(notified))
+    }
+}
+
+impl Future for Waiter {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+macro_rules! forward_store {
+    ($($ptr:ty),*) => {$(
+        #[async_trait]
+        impl<S: Store + ?Sized> Store for $ptr {
+            async fn claim(&self, key: &Key, fingerprint: &Fingerprint, lease: Duration)
+                -> Result<Claim, StoreError> {
+                (**self).claim(key, fingerprint, lease).await
+            }
+            async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
+                (**self).renew(key, token, lease).await
+            }
+            async fn complete(&self, key: &Key, token: Token, output: Output, ttl: Duration)
+                -> Result<(), StoreError> {
+                (**self).complete(key, token, output, ttl).await
+            }
+            async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
+                (**self).release(key, token).await
+            }
+            fn release_on_drop(&self, key: &Key, token: Token) {
+                (**self).release_on_drop(key, token)
+            }
+            async fn purge_expired(&self) -> Result<u64, StoreError> {
+                (**self).purge_expired().await
+            }
+        }
+    )*};
+}
+
+forward_store!(&S, Arc<S>, Box<S>);

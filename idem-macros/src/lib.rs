@@ -1,0 +1,20 @@
+//! The `#[idempotent]` attribute of [idem](https://docs.rs/idem). Use it through the
+//! `idem` crate, which documents every option.
+//!
+//! The macro only rewrites code: options are parsed in [`parse`](mod@parse), the function
+//! is rewritten in [`expand`](mod@expand), and everything that runs lives in `idem-core`.
+
+use proc_macro::TokenStream;
+
+mod expand;
+mod parse;
+
+/// Makes an async function idempotent: the first call with a key runs the body and records
+/// its result; later calls with that key replay it.
+///
+/// See the `idem` crate for the options (`key`, `scope`, `store`, `hash`, `skip`, `ttl`,
+/// `lease`, `on_conflict`, `wait_timeout`, `errors`, `name`, `codec`, `crate`).
+#[proc_macro_attribute]
+pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::idempotent(args.into(), item.into()).into()
+}

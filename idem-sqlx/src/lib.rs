@@ -1,0 +1,23 @@
+//! SQL stores for [idem](https://docs.rs/idem): SQLite, PostgreSQL and MySQL/MariaDB
+//! through sqlx, chosen by the features `sqlite`, `postgres` and `mysql`.
+//!
+//! Each store is built from your pool, keeps its records in one table (`idem_records`, or
+//! [`with_table`](PgStore::with_table)), creates it with `migrate()`, takes every time from
+//! the database's clock, and passes idem's store conformance suite.
+
+mod found;
+mod table;
+mod token;
+
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "postgres")]
+pub use postgres::PgStore;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "mysql")]
+pub use mysql::MySqlStore;

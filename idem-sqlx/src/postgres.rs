@@ -1,0 +1,286 @@
+//! `PgStore`: records in a PostgreSQL table.
+
+use async_trait::async_trait;
+use idem_core::{Claim, Error, Fingerprint, Key, Output, Store, StoreError, Token};
+use sqlx::postgres::PgPool;
+use sqlx::{Row, SqlStr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::found::{self, CLAIM_ATTEMPTS, Found, PURGE_BATCH, backend, fenced};
+use crate::table::Table;
+use crate::token;
+
+/// Idempotency records in PostgreSQL: exactly-once across every process sharing the
+/// database.
+///
+/// Built from your pool; create the table with [`migrate`](PgStore::migrate). A claim is one
+/// statement (`INSERT … ON CONFLICT DO NOTHING` and a read of the existing row, in one CTE),
+/// so a fresh call costs that plus one fenced `UPDATE`, and a replay is one round trip that
+/// writes nothing. All times come from the database's `now()`.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    table: Table,
+    sql: Arc<Statements>,
+}
+
+struct Statements {
+    claim: SqlStr,
+    take_over: SqlStr,
+    renew: SqlStr,
+    complete: SqlStr,
+    release: SqlStr,
+    purge: SqlStr,
+    create_table: SqlStr,
+    create_index: SqlStr,
+}
+
+impl Statements {
+    fn new(t: &Table) -> Self {
+        Statements {
+            claim: t.sql(
+                "WITH ins AS ( \
+                   INSERT INTO {t} (key_digest, namespace, key_preview, fingerprint, state, token, \
+                                    lease_until, expires_at) \
+                   VALUES ($1, $2, $3, $4, 0, $5, now() + $6, now() + $6) \
+                   ON CONFLICT (key_digest) DO NOTHING \
+                   RETURNING 1) \
+                 SELECT EXISTS (SELECT 1 FROM ins) AS claimed, \
+                        r.state::int8 AS state, r.fingerprint, r.outcome::int8 AS outcome, r.output, \
+                        r.expires_at > now() AS live, \
+                        (extract(epoch FROM r.expires_at - now()) * 1000)::int8 AS remaining_ms \
+                 FROM (SELECT 1) AS one LEFT JOIN {t} AS r ON r.key_digest = $1",
+            ),
+            take_over: t.sql(
+                "UPDATE {t} SET namespace = $2, key_preview = $3, fingerprint = $4, state = 0, \
+                   token = $5, outcome = NULL, output = NULL, lease_until = now() + $6, \
+                   expires_at = now() + $6, created_at = now() \
+                 WHERE key_digest = $1 AND expires_at <= now()",
+            ),
+            renew: t.sql(
+                "UPDATE {t} SET lease_until = now() + $3, expires_at = now() + $3 \
+                 WHERE key_digest = $1 AND token = $2 AND state = 0",
+            ),
+            complete: t.sql(
+                "UPDATE {t} SET state = 1, outcome = $3, output = $4, lease_until = NULL, \
+                   expires_at = now() + $5 \
+                 WHERE key_digest = $1 AND token = $2 AND state = 0",
+            ),
+            release: t.sql("DELETE FROM {t} WHERE key_digest = $1 AND token = $2 AND state = 0"),
+            purge: t.sql(
+                "DELETE FROM {t} WHERE key_digest IN ( \
+                   SELECT key_digest FROM {t} WHERE expires_at <= now() \
+                   LIMIT $1 FOR UPDATE SKIP LOCKED)",
+            ),
+            create_table: t.sql(
+                "CREATE TABLE IF NOT EXISTS {t} ( \
+                   key_digest  BYTEA PRIMARY KEY CHECK (octet_length(key_digest) = 32), \
+                   namespace   TEXT NOT NULL, \
+                   key_preview TEXT NOT NULL, \
+                   fingerprint BYTEA NOT NULL, \
+                   state       SMALLINT NOT NULL, \
+                   token       BIGINT NOT NULL, \
+                   outcome     SMALLINT, \
+                   output      BYTEA, \
+                   lease_until TIMESTAMPTZ, \
+                   expires_at  TIMESTAMPTZ NOT NULL, \
+                   created_at  TIMESTAMPTZ NOT NULL DEFAULT now())",
+            ),
+            create_index: t.sql("CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at)"),
+        }
+    }
+}
+
+impl PgStore {
+    /// A store on `pool`, in the table `idem_records`.
+    pub fn new(pool: PgPool) -> Self {
+        let table = Table::default();
+        PgStore {
+            sql: Arc::new(Statements::new(&table)),
+            pool,
+            table,
+        }
+    }
+
+    /// The same store in table `name` (an ASCII identifier; anything else is an error).
+    pub fn with_table(self, name: &str) -> Result<Self, Error> {
+        let table = Table::new(name)?;
+        Ok(PgStore {
+            sql: Arc::new(Statements::new(&table)),
+            pool: self.pool,
+            table,
+        })
+    }
+
+    /// Creates the table and its expiry index if they are missing. Safe to call on every
+    /// start and from several processes at once (serialized by an advisory lock).
+    pub async fn migrate(&self) -> Result<(), Error> {
+        let fail = |e| Error::Store(backend("migrate")(e));
+        let mut tx = self.pool.begin().await.map_err(fail)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(format!("idem-migrate:{}", self.table.name()))
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
+        sqlx::query(self.sql.create_table.clone())
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
+        sqlx::query(self.sql.create_index.clone())
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
+        tx.commit().await.map_err(fail)
+    }
+
+    /// The pool it runs on.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The table it uses.
+    pub fn table(&self) -> &str {
+        self.table.name()
+    }
+}
+
+/// PostgreSQL intervals have microsecond resolution.
+fn interval(d: Duration) -> Duration {
+    Duration::from_micros(found::micros(d) as u64)
+}
+
+fn token_value(token: Token) -> i64 {
+    token.get() as i64
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn claim(
+        &self,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let token = token::fresh();
+        let digest = &key.digest().as_bytes()[..];
+        let lease = interval(lease);
+        for _ in 0..CLAIM_ATTEMPTS {
+            let row = sqlx::query(self.sql.claim.clone())
+                .bind(digest)
+                .bind(key.namespace())
+                .bind(key.preview())
+                .bind(&fingerprint.as_bytes()[..])
+                .bind(token)
+                .bind(lease)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend("claim"))?;
+            let read = |e| StoreError::backend("claim", e);
+            if row.try_get::<bool, _>("claimed").map_err(read)? {
+                return Ok(Claim::Claimed(Token::new(token as u64)));
+            }
+            // Not inserted, and not visible to this statement's snapshot: a concurrent
+            // claim committed in between; read again.
+            let Some(state) = row.try_get::<Option<i64>, _>("state").map_err(read)? else {
+                continue;
+            };
+            let found = Found {
+                state,
+                fingerprint: row.try_get("fingerprint").map_err(read)?,
+                outcome: row.try_get("outcome").map_err(read)?,
+                output: row.try_get("output").map_err(read)?,
+                live: row.try_get("live").map_err(read)?,
+                remaining_ms: row.try_get("remaining_ms").map_err(read)?,
+            };
+            if found.live {
+                return found.into_claim();
+            }
+            // Expired: take it over, unless another claimer just did.
+            let taken = sqlx::query(self.sql.take_over.clone())
+                .bind(digest)
+                .bind(key.namespace())
+                .bind(key.preview())
+                .bind(&fingerprint.as_bytes()[..])
+                .bind(token)
+                .bind(lease)
+                .execute(&self.pool)
+                .await
+                .map_err(backend("claim"))?;
+            if taken.rows_affected() == 1 {
+                return Ok(Claim::Claimed(Token::new(token as u64)));
+            }
+        }
+        Err(StoreError::backend(
+            "claim",
+            "the record kept changing under concurrent claims",
+        ))
+    }
+
+    async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
+        let done = sqlx::query(self.sql.renew.clone())
+            .bind(&key.digest().as_bytes()[..])
+            .bind(token_value(token))
+            .bind(interval(lease))
+            .execute(&self.pool)
+            .await
+            .map_err(backend("renew"))?;
+        fenced(done.rows_affected())
+    }
+
+    async fn complete(
+        &self,
+        key: &Key,
+        token: Token,
+        output: Output,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(self.sql.complete.clone())
+            .bind(&key.digest().as_bytes()[..])
+            .bind(token_value(token))
+            .bind(found::outcome_code(output.outcome))
+            .bind(&output.bytes[..])
+            .bind(interval(ttl))
+            .execute(&self.pool)
+            .await
+            .map_err(backend("complete"))?;
+        fenced(done.rows_affected())
+    }
+
+    async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
+        let done = sqlx::query(self.sql.release.clone())
+            .bind(&key.digest().as_bytes()[..])
+            .bind(token_value(token))
+            .execute(&self.pool)
+            .await
+            .map_err(backend("release"))?;
+        fenced(done.rows_affected())
+    }
+
+    fn release_on_drop(&self, key: &Key, token: Token) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = self.clone();
+            let key = key.clone();
+            runtime.spawn(async move {
+                if let Err(e) = store.release(&key, token).await {
+                    tracing::debug!(%e, "release after cancellation failed; the lease will expire");
+                }
+            });
+        }
+    }
+
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        let mut purged = 0;
+        loop {
+            let done = sqlx::query(self.sql.purge.clone())
+                .bind(PURGE_BATCH)
+                .execute(&self.pool)
+                .await
+                .map_err(backend("purge"))?;
+            purged += done.rows_affected();
+            if done.rows_affected() < PURGE_BATCH as u64 {
+                return Ok(purged);
+            }
+        }
+    }
+}

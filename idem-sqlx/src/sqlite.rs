@@ -1,0 +1,333 @@
+//! `SqliteStore`: records in an SQLite table.
+
+use async_trait::async_trait;
+use idem_core::{Claim, Error, Fingerprint, Key, Output, Store, StoreError, Token};
+use sqlx::sqlite::SqlitePool;
+use sqlx::{Row, SqlStr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::found::{self, CLAIM_ATTEMPTS, Found, PURGE_BATCH, backend, fenced};
+use crate::table::Table;
+use crate::token;
+
+/// The database's clock as integer milliseconds since the Unix epoch. `julianday('now')`
+/// works on every SQLite version (unlike `unixepoch('subsec')`, 3.42+), is millisecond
+/// precise, and is the same value everywhere in one statement.
+const NOW: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)";
+
+/// Idempotency records in SQLite: exactly-once across every task and process sharing the
+/// database file.
+///
+/// Built from your pool; create the table with [`migrate`](SqliteStore::migrate). A claim
+/// first reads the key (`SELECT` by primary key), so a replay is one read that writes
+/// nothing; only a key that is absent or expired is claimed, with one
+/// `INSERT … ON CONFLICT DO UPDATE … WHERE expired` that inserts the record or takes over
+/// the expired one — SQLite runs writers one at a time, so exactly one concurrent claimer
+/// wins. A fresh call therefore costs that read, that insert and one fenced `UPDATE`.
+///
+/// SQLite has no timestamp type: deadlines are INTEGER milliseconds since the Unix epoch,
+/// always computed by SQLite's own clock (`julianday('now')`), never the application's.
+/// Needs SQLite 3.24 or later (upsert); sqlx's bundled SQLite is far newer.
+///
+/// For concurrent use, open the database in WAL mode with a busy timeout, so that readers
+/// never wait for the writer and writers queue for the write lock instead of failing with
+/// `SQLITE_BUSY`:
+///
+/// ```no_run
+/// # async fn open() -> Result<(), Box<dyn std::error::Error>> {
+/// use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+/// use std::time::Duration;
+///
+/// let options = SqliteConnectOptions::new()
+///     .filename("idem.db")
+///     .create_if_missing(true)
+///     .journal_mode(SqliteJournalMode::Wal)
+///     .synchronous(SqliteSynchronous::Normal)
+///     .busy_timeout(Duration::from_secs(5));
+/// let pool = SqlitePoolOptions::new().connect_with(options).await?;
+/// let store = idem_sqlx::SqliteStore::new(pool);
+/// store.migrate().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    table: Table,
+    sql: Arc<Statements>,
+}
+
+struct Statements {
+    read: SqlStr,
+    claim: SqlStr,
+    renew: SqlStr,
+    complete: SqlStr,
+    release: SqlStr,
+    purge: SqlStr,
+    create_table: SqlStr,
+    create_index: SqlStr,
+}
+
+impl Statements {
+    fn new(t: &Table) -> Self {
+        let sql = |template: &str| t.sql(&template.replace("{now}", NOW));
+        Statements {
+            read: sql("SELECT state, fingerprint, outcome, output, \
+                        expires_at > {now} AS live, expires_at - {now} AS remaining_ms \
+                 FROM {t} WHERE key_digest = ?1"),
+            // Inserts a fresh record, or takes over an expired one; a live one is left
+            // alone (0 rows affected).
+            claim: sql(
+                "INSERT INTO {t} (key_digest, namespace, key_preview, fingerprint, state, token, \
+                                  outcome, output, lease_until, expires_at, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, 0, ?5, NULL, NULL, {now} + ?6, {now} + ?6, {now}) \
+                 ON CONFLICT (key_digest) DO UPDATE SET \
+                   namespace = excluded.namespace, key_preview = excluded.key_preview, \
+                   fingerprint = excluded.fingerprint, state = 0, token = excluded.token, \
+                   outcome = NULL, output = NULL, lease_until = excluded.lease_until, \
+                   expires_at = excluded.expires_at, created_at = excluded.created_at \
+                 WHERE {t}.expires_at <= {now}",
+            ),
+            renew: sql(
+                "UPDATE {t} SET lease_until = {now} + ?3, expires_at = {now} + ?3 \
+                 WHERE key_digest = ?1 AND token = ?2 AND state = 0",
+            ),
+            complete: sql(
+                "UPDATE {t} SET state = 1, outcome = ?3, output = ?4, lease_until = NULL, \
+                   expires_at = {now} + ?5 \
+                 WHERE key_digest = ?1 AND token = ?2 AND state = 0",
+            ),
+            release: sql("DELETE FROM {t} WHERE key_digest = ?1 AND token = ?2 AND state = 0"),
+            purge: sql("DELETE FROM {t} WHERE rowid IN ( \
+                   SELECT rowid FROM {t} WHERE expires_at <= {now} LIMIT ?1)"),
+            create_table: sql("CREATE TABLE IF NOT EXISTS {t} ( \
+                   key_digest  BLOB PRIMARY KEY NOT NULL CHECK (length(key_digest) = 32), \
+                   namespace   TEXT NOT NULL, \
+                   key_preview TEXT NOT NULL, \
+                   fingerprint BLOB NOT NULL, \
+                   state       INTEGER NOT NULL, \
+                   token       INTEGER NOT NULL, \
+                   outcome     INTEGER, \
+                   output      BLOB, \
+                   lease_until INTEGER, \
+                   expires_at  INTEGER NOT NULL, \
+                   created_at  INTEGER NOT NULL)"),
+            create_index: sql("CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at)"),
+        }
+    }
+}
+
+impl SqliteStore {
+    /// A store on `pool`, in the table `idem_records`.
+    pub fn new(pool: SqlitePool) -> Self {
+        let table = Table::default();
+        SqliteStore {
+            sql: Arc::new(Statements::new(&table)),
+            pool,
+            table,
+        }
+    }
+
+    /// The same store in table `name` (an ASCII identifier; anything else is an error).
+    pub fn with_table(self, name: &str) -> Result<Self, Error> {
+        let table = Table::new(name)?;
+        Ok(SqliteStore {
+            sql: Arc::new(Statements::new(&table)),
+            pool: self.pool,
+            table,
+        })
+    }
+
+    /// Creates the table and its expiry index if they are missing. Safe to call on every
+    /// start and from several connections or processes at once: it runs in a
+    /// `BEGIN IMMEDIATE` transaction, so concurrent migrations take turns (waiting up to
+    /// the pool's busy timeout).
+    pub async fn migrate(&self) -> Result<(), Error> {
+        let fail = |e| Error::Store(backend("migrate")(e));
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(fail)?;
+        sqlx::query(self.sql.create_table.clone())
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
+        sqlx::query(self.sql.create_index.clone())
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
+        tx.commit().await.map_err(fail)
+    }
+
+    /// The pool it runs on.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// The table it uses.
+    pub fn table(&self) -> &str {
+        self.table.name()
+    }
+
+    /// Reads the record of `digest`, if there is one.
+    async fn read(&self, digest: &[u8]) -> Result<Option<Found>, StoreError> {
+        let Some(row) = sqlx::query(self.sql.read.clone())
+            .bind(digest)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend("claim"))?
+        else {
+            return Ok(None);
+        };
+        let read = |e| StoreError::backend("claim", e);
+        Ok(Some(Found {
+            state: row.try_get("state").map_err(read)?,
+            fingerprint: row.try_get("fingerprint").map_err(read)?,
+            outcome: row.try_get("outcome").map_err(read)?,
+            output: row.try_get("output").map_err(read)?,
+            live: row.try_get("live").map_err(read)?,
+            remaining_ms: row.try_get("remaining_ms").map_err(read)?,
+        }))
+    }
+}
+
+/// A lease or TTL as whole milliseconds, rounded up (so a deadline never comes early) and
+/// at least 1.
+fn millis(d: Duration) -> i64 {
+    // Whole microseconds (capped at about 100 years), plus one for a fraction of one.
+    let micros = found::micros(d) + i64::from(!d.subsec_nanos().is_multiple_of(1000));
+    (micros as u64).div_ceil(1000).max(1) as i64
+}
+
+fn token_value(token: Token) -> i64 {
+    token.get() as i64
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn claim(
+        &self,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let token = token::fresh();
+        let digest = &key.digest().as_bytes()[..];
+        let lease = millis(lease);
+        for _ in 0..CLAIM_ATTEMPTS {
+            // Read first: a replay (or a busy key) writes nothing.
+            if let Some(found) = self.read(digest).await?
+                && found.live
+            {
+                return found.into_claim();
+            }
+            // Absent or expired: insert it, or take the expired record over.
+            let claimed = sqlx::query(self.sql.claim.clone())
+                .bind(digest)
+                .bind(key.namespace())
+                .bind(key.preview())
+                .bind(&fingerprint.as_bytes()[..])
+                .bind(token)
+                .bind(lease)
+                .execute(&self.pool)
+                .await
+                .map_err(backend("claim"))?;
+            if claimed.rows_affected() == 1 {
+                return Ok(Claim::Claimed(Token::new(token as u64)));
+            }
+            // A concurrent claim made the record live in between: read it again.
+        }
+        Err(StoreError::backend(
+            "claim",
+            "the record kept changing under concurrent claims",
+        ))
+    }
+
+    async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
+        let done = sqlx::query(self.sql.renew.clone())
+            .bind(&key.digest().as_bytes()[..])
+            .bind(token_value(token))
+            .bind(millis(lease))
+            .execute(&self.pool)
+            .await
+            .map_err(backend("renew"))?;
+        fenced(done.rows_affected())
+    }
+
+    async fn complete(
+        &self,
+        key: &Key,
+        token: Token,
+        output: Output,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(self.sql.complete.clone())
+            .bind(&key.digest().as_bytes()[..])
+            .bind(token_value(token))
+            .bind(found::outcome_code(output.outcome))
+            .bind(&output.bytes[..])
+            .bind(millis(ttl))
+            .execute(&self.pool)
+            .await
+            .map_err(backend("complete"))?;
+        fenced(done.rows_affected())
+    }
+
+    async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
+        let done = sqlx::query(self.sql.release.clone())
+            .bind(&key.digest().as_bytes()[..])
+            .bind(token_value(token))
+            .execute(&self.pool)
+            .await
+            .map_err(backend("release"))?;
+        fenced(done.rows_affected())
+    }
+
+    fn release_on_drop(&self, key: &Key, token: Token) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = self.clone();
+            let key = key.clone();
+            runtime.spawn(async move {
+                if let Err(e) = store.release(&key, token).await {
+                    tracing::debug!(%e, "release after cancellation failed; the lease will expire");
+                }
+            });
+        }
+    }
+
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        let mut purged = 0;
+        loop {
+            let done = sqlx::query(self.sql.purge.clone())
+                .bind(PURGE_BATCH)
+                .execute(&self.pool)
+                .await
+                .map_err(backend("purge"))?;
+            purged += done.rows_affected();
+            if done.rows_affected() < PURGE_BATCH as u64 {
+                return Ok(purged);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::millis;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_round_up_to_whole_milliseconds() {
+        assert_eq!(millis(Duration::ZERO), 1);
+        assert_eq!(millis(Duration::from_nanos(1)), 1);
+        assert_eq!(millis(Duration::from_micros(1)), 1);
+        assert_eq!(millis(Duration::from_millis(300)), 300);
+        assert_eq!(millis(Duration::from_micros(300_001)), 301);
+        assert_eq!(millis(Duration::from_nanos(300_000_001)), 301);
+        assert_eq!(
+            millis(Duration::from_secs(u64::MAX)),
+            100 * 365 * 24 * 3_600_000
+        );
+    }
+}

@@ -1,0 +1,72 @@
+//! `PgStore` against a real PostgreSQL (`IDEM_TEST_POSTGRES_URL`).
+#![cfg(feature = "postgres")]
+
+mod support;
+
+use idem_core::testing;
+use idem_sqlx::PgStore;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::sync::Arc;
+
+async fn pool() -> Option<PgPool> {
+    let url = support::server_url("IDEM_TEST_POSTGRES_URL", "PostgreSQL")?;
+    let pool = PgPoolOptions::new()
+        .max_connections(20)
+        .connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url}: {e}"));
+    Some(pool)
+}
+
+/// A store in a fresh table, dropped when the test is done.
+async fn with_store<F, Fut>(test: F)
+where
+    F: FnOnce(Arc<PgStore>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let Some(pool) = pool().await else { return };
+    let table = support::unique_table("idem_pg");
+    let store = PgStore::new(pool.clone()).with_table(&table).unwrap();
+    store.migrate().await.unwrap();
+    test(Arc::new(store)).await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
+macro_rules! conformance {
+    ($($check:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $check() {
+            with_store(|store| async move { testing::$check(&store).await }).await;
+        }
+    )*};
+}
+
+conformance!(
+    claim_fresh_then_in_progress,
+    complete_then_replay,
+    fencing_rejects_wrong_tokens,
+    completed_record_is_final,
+    release_frees_the_key,
+    lease_expiry_allows_takeover,
+    renew_keeps_the_claim,
+    ttl_expiry_frees_the_key,
+    purge_expired_deletes_only_expired,
+    concurrent_claims_have_one_winner,
+    keys_and_namespaces_are_independent,
+    lease_remaining_is_bounded,
+    waiter_wakes_on_change,
+);
+
+#[tokio::test]
+async fn migrate_twice_and_concurrently() {
+    with_store(|store| async move {
+        store.migrate().await.unwrap();
+        let (a, b) = tokio::join!(store.migrate(), store.migrate());
+        a.unwrap();
+        b.unwrap();
+    })
+    .await;
+}

@@ -1,0 +1,511 @@
+//! `SqliteStore` on SQLite files (WAL mode) in the temp directory: no server needed, so
+//! these always run.
+#![cfg(feature = "sqlite")]
+
+mod support;
+
+use idem_core::codec::{self, Bincode, Codec};
+use idem_core::testing;
+use idem_core::{Claim, Error, Fingerprint, Key, Outcome, Output, Store, StoreError};
+use idem_sqlx::SqliteStore;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Row};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An SQLite file in the temp directory, removed (with its `-wal` and `-shm` files) when
+/// dropped — also when the test panics.
+struct TempDb(PathBuf);
+
+impl TempDb {
+    fn new() -> Self {
+        let name = format!("{}.db", support::unique_table("idem_sqlite"));
+        TempDb(std::env::temp_dir().join(name))
+    }
+
+    fn options(&self) -> SqliteConnectOptions {
+        SqliteConnectOptions::new()
+            .filename(&self.0)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            // The race check sends 64 claims at once: writers queue for the write lock.
+            .busy_timeout(Duration::from_secs(30))
+    }
+
+    async fn pool(&self) -> SqlitePool {
+        SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(self.options())
+            .await
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.0.display()))
+    }
+
+    /// A second pool on the same file that cannot write.
+    async fn read_only_pool(&self) -> SqlitePool {
+        SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(self.options().read_only(true))
+            .await
+            .unwrap_or_else(|e| panic!("cannot open {} read-only: {e}", self.0.display()))
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut path = self.0.clone().into_os_string();
+            path.push(suffix);
+            let _ = std::fs::remove_file(Path::new(&path));
+        }
+    }
+}
+
+/// A migrated store on a fresh database file, removed when the test is done.
+async fn with_store<F, Fut>(test: F)
+where
+    F: FnOnce(Arc<SqliteStore>, Arc<TempDb>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let db = Arc::new(TempDb::new());
+    let pool = db.pool().await;
+    let store = SqliteStore::new(pool.clone());
+    store.migrate().await.unwrap();
+    test(Arc::new(store), db.clone()).await;
+    pool.close().await;
+}
+
+macro_rules! conformance {
+    ($($check:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $check() {
+            with_store(|store, _| async move { testing::$check(&store).await }).await;
+        }
+    )*};
+}
+
+conformance!(
+    claim_fresh_then_in_progress,
+    complete_then_replay,
+    fencing_rejects_wrong_tokens,
+    completed_record_is_final,
+    release_frees_the_key,
+    lease_expiry_allows_takeover,
+    renew_keeps_the_claim,
+    ttl_expiry_frees_the_key,
+    purge_expired_deletes_only_expired,
+    concurrent_claims_have_one_winner,
+    keys_and_namespaces_are_independent,
+    lease_remaining_is_bounded,
+    waiter_wakes_on_change,
+);
+
+const NS: &str = "idem_sqlx::tests::sqlite";
+const LONG: Duration = Duration::from_secs(600);
+
+fn key(text: &str) -> Key {
+    Key::new(NS, text).unwrap()
+}
+
+fn fingerprint(byte: u8) -> Fingerprint {
+    Fingerprint::from_bytes([byte; 32])
+}
+
+async fn claim_token(
+    store: &SqliteStore,
+    key: &Key,
+    fp: &Fingerprint,
+    lease: Duration,
+) -> idem_core::Token {
+    match store.claim(key, fp, lease).await {
+        Ok(Claim::Claimed(token)) => token,
+        other => panic!("expected Claimed, got {other:?}"),
+    }
+}
+
+async fn exec(pool: &SqlitePool, sql: String) -> u64 {
+    sqlx::query(AssertSqlSafe(sql.clone()))
+        .execute(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .rows_affected()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_twice_and_concurrently() {
+    with_store(|store, db| async move {
+        store.migrate().await.unwrap();
+        let (a, b) = tokio::join!(store.migrate(), store.migrate());
+        a.unwrap();
+        b.unwrap();
+        // And from several pools (as several processes would) on a fresh table at once.
+        let pools = [db.pool().await, db.pool().await, db.pool().await];
+        let stores: Vec<_> = pools
+            .iter()
+            .map(|p| {
+                SqliteStore::new(p.clone())
+                    .with_table("idem_other")
+                    .unwrap()
+            })
+            .collect();
+        let mut migrations = Vec::new();
+        for store in stores.iter().chain(stores.iter()) {
+            let store = store.clone();
+            migrations.push(tokio::spawn(async move { store.migrate().await }));
+        }
+        for migration in migrations {
+            migration.await.unwrap().unwrap();
+        }
+        let fp = fingerprint(1);
+        claim_token(&stores[0], &key("after concurrent migrate"), &fp, LONG).await;
+        for pool in pools {
+            pool.close().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_table_names_are_refused() {
+    let db = TempDb::new();
+    let pool = SqlitePool::connect_lazy_with(db.options());
+    for bad in [
+        "",
+        "1abc",
+        "a-b",
+        "a b",
+        "t; DROP TABLE idem_records",
+        "a.b",
+        "\"a\"",
+        "é",
+    ] {
+        match SqliteStore::new(pool.clone()).with_table(bad) {
+            Err(Error::Store(StoreError::Config(_))) => {}
+            Err(e) => panic!("{bad:?}: wrong error {e:?}"),
+            Ok(_) => panic!("{bad:?} was accepted as a table name"),
+        }
+    }
+    let store = SqliteStore::new(pool).with_table("good_name_1").unwrap();
+    assert_eq!(store.table(), "good_name_1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_output_is_a_codec_error() {
+    with_store(|store, _| async move {
+        let pool = store.pool();
+        let cases: [(&str, Vec<u8>); 4] = [
+            (
+                "garbage with the bincode tag",
+                vec![Bincode::TAG, 0xfd, 0xff],
+            ),
+            ("trailing bytes", vec![Bincode::TAG, 1, 2, 3]),
+            ("a foreign tag", vec![0xde, 0xad, 0xbe, 0xef]),
+            ("empty", Vec::new()),
+        ];
+        for (what, garbage) in cases {
+            let key = key(&format!("corrupt output: {what}"));
+            let fp = fingerprint(7);
+            let token = claim_token(&store, &key, &fp, LONG).await;
+            let bytes = codec::encode::<Bincode, u64>(&42).unwrap();
+            store
+                .complete(
+                    &key,
+                    token,
+                    Output {
+                        outcome: Outcome::Ok,
+                        bytes,
+                    },
+                    LONG,
+                )
+                .await
+                .unwrap();
+            let hex: String = garbage.iter().map(|b| format!("{b:02x}")).collect();
+            let changed = exec(
+                pool,
+                format!(
+                    "UPDATE {} SET output = x'{hex}' WHERE key_digest = x'{}'",
+                    store.table(),
+                    digest_hex(&key)
+                ),
+            )
+            .await;
+            assert_eq!(changed, 1, "{what}");
+            let record = match store.claim(&key, &fp, LONG).await {
+                Ok(Claim::Completed(record)) => record,
+                other => panic!("{what}: expected Completed, got {other:?}"),
+            };
+            assert_eq!(&record.output.bytes[..], &garbage[..], "{what}");
+            let decoded = codec::decode::<Bincode, u64>(&record.output.bytes).map_err(Error::from);
+            assert!(
+                matches!(decoded, Err(Error::Codec(_))),
+                "{what}: decoded to {decoded:?}"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_columns_are_store_errors() {
+    with_store(|store, _| async move {
+        let pool = store.pool();
+        let corruptions = [
+            ("a 2-byte fingerprint", "fingerprint = x'0102'"),
+            ("a 33-byte fingerprint", "fingerprint = zeroblob(33)"),
+            ("a NULL fingerprint", "fingerprint = NULL"),
+            ("an unknown state", "state = 7"),
+            ("an unknown outcome", "outcome = 9"),
+            ("a missing output", "output = NULL"),
+            ("text in an integer column", "state = 'completed'"),
+        ];
+        for (what, set) in corruptions {
+            let key = key(&format!("corrupt column: {what}"));
+            let fp = fingerprint(9);
+            let token = claim_token(&store, &key, &fp, LONG).await;
+            let bytes = codec::encode::<Bincode, u64>(&1).unwrap();
+            store
+                .complete(
+                    &key,
+                    token,
+                    Output {
+                        outcome: Outcome::Ok,
+                        bytes,
+                    },
+                    LONG,
+                )
+                .await
+                .unwrap();
+            let sql = format!(
+                "UPDATE {} SET {set} WHERE key_digest = x'{}'",
+                store.table(),
+                digest_hex(&key)
+            );
+            if let Err(e) = sqlx::query(AssertSqlSafe(sql)).execute(pool).await {
+                // A constraint refused this corruption: nothing to read back.
+                assert!(what.contains("NULL fingerprint"), "{what}: {e}");
+                continue;
+            }
+            match store.claim(&key, &fp, LONG).await {
+                Err(StoreError::Backend { op: "claim", .. }) => {}
+                other => panic!("{what}: expected a claim backend error, got {other:?}"),
+            }
+        }
+        // A wrong-length fingerprint on an in-progress record, too.
+        let key = key("corrupt fingerprint while in progress");
+        claim_token(&store, &key, &fingerprint(3), LONG).await;
+        exec(
+            pool,
+            format!(
+                "UPDATE {} SET fingerprint = x'00' WHERE key_digest = x'{}'",
+                store.table(),
+                digest_hex(&key)
+            ),
+        )
+        .await;
+        match store.claim(&key, &fingerprint(4), LONG).await {
+            Err(StoreError::Backend { op: "claim", .. }) => {}
+            other => panic!("in progress: expected a claim backend error, got {other:?}"),
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_does_not_write() {
+    with_store(|store, db| async move {
+        let done = key("replay on a read-only connection");
+        let busy = key("in progress on a read-only connection");
+        let fp = fingerprint(5);
+        let token = claim_token(&store, &done, &fp, LONG).await;
+        let out = Output {
+            outcome: Outcome::Ok,
+            bytes: codec::encode::<Bincode, u64>(&5).unwrap(),
+        };
+        store
+            .complete(&done, token, out.clone(), LONG)
+            .await
+            .unwrap();
+        claim_token(&store, &busy, &fp, LONG).await;
+
+        // A store whose connections cannot write still replays and reports InProgress:
+        // neither path writes.
+        let ro_pool = db.read_only_pool().await;
+        let ro = SqliteStore::new(ro_pool.clone());
+        for _ in 0..3 {
+            match ro.claim(&done, &fp, LONG).await {
+                Ok(Claim::Completed(record)) => assert_eq!(record.output, out),
+                other => panic!("replay: {other:?}"),
+            }
+            match ro.claim(&busy, &fingerprint(6), LONG).await {
+                Ok(Claim::InProgress(b)) => assert_eq!(b.fingerprint, fp),
+                other => panic!("in progress: {other:?}"),
+            }
+        }
+        // Whereas a fresh key needs a write, which that pool cannot do.
+        match ro
+            .claim(&key("fresh on a read-only connection"), &fp, LONG)
+            .await
+        {
+            Err(StoreError::Backend { op: "claim", .. }) => {}
+            other => panic!("fresh claim on a read-only pool: {other:?}"),
+        }
+        ro_pool.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_uses_the_database_clock_in_milliseconds() {
+    with_store(|store, _| async move {
+        let pool = store.pool();
+        let key = key("schema");
+        let token = claim_token(&store, &key, &fingerprint(1), Duration::from_micros(1_500_001)).await;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT lease_until - created_at AS lease, expires_at - created_at AS expiry, \
+                    typeof(expires_at) AS kind, state, length(key_digest) AS digest_len, \
+                    namespace, \
+                    CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER) - created_at AS age \
+             FROM {} WHERE key_digest = x'{}'",
+            store.table(),
+            digest_hex(&key)
+        )))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        // 1.500001 s rounds up to 1501 ms.
+        assert_eq!(row.get::<i64, _>("lease"), 1501);
+        assert_eq!(row.get::<i64, _>("expiry"), 1501);
+        assert_eq!(row.get::<String, _>("kind"), "integer");
+        assert_eq!(row.get::<i64, _>("state"), 0);
+        assert_eq!(row.get::<i64, _>("digest_len"), 32);
+        assert_eq!(row.get::<String, _>("namespace"), NS);
+        let age = row.get::<i64, _>("age");
+        assert!((0..5_000).contains(&age), "created_at is {age} ms in the past");
+
+        let out = Output { outcome: Outcome::Err, bytes: codec::encode::<Bincode, u64>(&0).unwrap() };
+        store.complete(&key, token, out, Duration::from_secs(2)).await.unwrap();
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT state, outcome, lease_until IS NULL AS no_lease, \
+                    expires_at - CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER) AS left \
+             FROM {} WHERE key_digest = x'{}'",
+            store.table(),
+            digest_hex(&key)
+        )))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!(row.get::<i64, _>("state"), 1);
+        assert_eq!(row.get::<i64, _>("outcome"), 1);
+        assert!(row.get::<bool, _>("no_lease"));
+        let left = row.get::<i64, _>("left");
+        assert!((0..=2000).contains(&left), "{left} ms left of a 2 s TTL");
+
+        // Purge is a range scan of the expiry index, not a table scan.
+        let plan: Vec<String> = sqlx::query(AssertSqlSafe(format!(
+            "EXPLAIN QUERY PLAN DELETE FROM {t} WHERE rowid IN ( \
+               SELECT rowid FROM {t} WHERE expires_at <= 0 LIMIT 1000)",
+            t = store.table()
+        )))
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<String, _>("detail"))
+        .collect();
+        assert!(
+            plan.iter().any(|d| d.contains("idem_records_expires_at")),
+            "purge plan: {plan:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_deletes_in_batches() {
+    with_store(|store, _| async move {
+        let pool = store.pool();
+        // 2500 expired records (more than two batches) and 10 live ones, written directly.
+        let fill = |n: u32, expires_at: &str| {
+            format!(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) \
+                 INSERT INTO {} (key_digest, namespace, key_preview, fingerprint, state, token, \
+                                 outcome, output, lease_until, expires_at, created_at) \
+                 SELECT randomblob(32), 'ns', 'k' || i, zeroblob(32), 1, i, 0, x'01', NULL, {expires_at}, 0 \
+                 FROM n",
+                store.table()
+            )
+        };
+        assert_eq!(exec(pool, fill(2500, "0")).await, 2500);
+        assert_eq!(exec(pool, fill(10, "9223372036854775807")).await, 10);
+        assert_eq!(store.purge_expired().await.unwrap(), 2500);
+        assert_eq!(store.purge_expired().await.unwrap(), 0);
+        let left: i64 = sqlx::query(AssertSqlSafe(format!("SELECT count(*) FROM {}", store.table())))
+            .fetch_one(pool)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 10);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_on_drop_frees_the_key() {
+    with_store(|store, _| async move {
+        let key = key("release on drop");
+        let token = claim_token(&store, &key, &fingerprint(1), LONG).await;
+        store.release_on_drop(&key, token);
+        for _ in 0..100 {
+            if let Ok(Claim::Claimed(_)) = store.claim(&key, &fingerprint(2), LONG).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("release_on_drop did not free the key within 2 s");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_on_separate_pools_share_records() {
+    with_store(|store, db| async move {
+        // Two pools on one file behave like two processes: one winner, and a replay for
+        // the other.
+        let other_pool = db.pool().await;
+        let other = SqliteStore::new(other_pool.clone());
+        let key = key("two pools");
+        let fp = fingerprint(8);
+        let (a, b) = tokio::join!(store.claim(&key, &fp, LONG), other.claim(&key, &fp, LONG));
+        let (winner, loser) = match (a.unwrap(), b.unwrap()) {
+            (Claim::Claimed(t), Claim::InProgress(_)) => (t, &other),
+            (Claim::InProgress(_), Claim::Claimed(t)) => (t, &*store),
+            other => panic!("expected one winner, got {other:?}"),
+        };
+        let out = Output {
+            outcome: Outcome::Ok,
+            bytes: codec::encode::<Bincode, u64>(&8).unwrap(),
+        };
+        // Whichever won, either store can complete with the winning token.
+        store
+            .complete(&key, winner, out.clone(), LONG)
+            .await
+            .unwrap();
+        match loser.claim(&key, &fp, LONG).await {
+            Ok(Claim::Completed(record)) => assert_eq!(record.output, out),
+            other => panic!("replay through the other pool: {other:?}"),
+        }
+        other_pool.close().await;
+    })
+    .await;
+}
+
+fn digest_hex(key: &Key) -> String {
+    key.digest()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -1,0 +1,46 @@
+//! Connecting the SQL stores' tests to their databases.
+//!
+//! Server-backed suites read their URL from the environment (`IDEM_TEST_POSTGRES_URL`,
+//! `IDEM_TEST_MYSQL_URL`). Without it they are skipped and say so on the terminal — unless
+//! `IDEM_REQUIRE_SERVERS=1` (as CI sets), where a missing URL fails the test.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::Write;
+use std::sync::Once;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A table name no other test, process or run uses.
+pub fn unique_table(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}_{}_{:x}_{}",
+        std::process::id(),
+        nanos & 0xffff_ffff,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The URL in `var`, or `None` after telling the terminal (once) that the suite is skipped.
+pub fn server_url(var: &str, suite: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            if std::env::var("IDEM_REQUIRE_SERVERS").is_ok_and(|v| v == "1") {
+                panic!("IDEM_REQUIRE_SERVERS=1 but {var} is not set: the {suite} suite cannot run");
+            }
+            static SAID: Once = Once::new();
+            SAID.call_once(|| {
+                // Straight to the terminal: libtest captures print!/eprint! of passing tests.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "note: SKIPPED the {suite} suite: set {var} to run it"
+                );
+            });
+            None
+        }
+    }
+}

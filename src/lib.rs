@@ -1,0 +1,73 @@
+//! Make async functions idempotent by declaration.
+//!
+//! ```
+//! use idem::{idempotent, MemoryStore};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize)]
+//! struct Charge { payment_id: String, user_id: u64, cents: u64 }
+//!
+//! #[derive(Debug, PartialEq, Serialize, Deserialize)]
+//! struct Receipt { charged: u64 }
+//!
+//! #[idempotent(key = req.payment_id, scope = req.user_id, store = store)]
+//! async fn charge(store: &MemoryStore, req: Charge) -> Result<Receipt, idem::Error> {
+//!     Ok(Receipt { charged: req.cents }) // runs once per (user, payment id)
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let store = MemoryStore::new();
+//! let req = || Charge { payment_id: "p-1".into(), user_id: 7, cents: 500 };
+//! let first = charge(&store, req()).await.unwrap();
+//! let retry = charge(&store, req()).await.unwrap(); // replayed, the body did not run
+//! assert_eq!(first, retry);
+//! # }
+//! ```
+//!
+//! The first call with a key runs the body and records its result; later calls with the key
+//! get the recorded result back. A later call with the same key but another payload gets
+//! [`Error::PayloadMismatch`]. See the README for every option of [`idempotent`].
+
+#[cfg(feature = "moka")]
+pub use idem_core::MemoryStore;
+pub use idem_core::{
+    Claim, Codec, CodecError, Error, Fingerprint, IntoKey, Key, KeyDigest, KeyWriter, Options,
+    Outcome, Output, Record, Store, StoreError, Token, purge_periodically, set_default_store,
+};
+pub use idem_macros::idempotent;
+
+/// Codecs for recorded outputs; pick one with `#[idempotent(codec = ...)]`.
+pub mod codec {
+    #[cfg(feature = "json")]
+    pub use idem_core::codec::Json;
+    #[cfg(feature = "postcard")]
+    pub use idem_core::codec::Postcard;
+    pub use idem_core::codec::{Bincode, Codec, decode, encode};
+}
+
+/// The protocol without the macro, for stores and adapters.
+pub mod protocol {
+    pub use idem_core::{
+        Busy, CacheErrors, CacheIf, ErrorPolicy, FingerprintBuilder, OnConflict, Release, Waiter,
+        execute,
+    };
+}
+
+/// The store conformance suite: every [`Store`] implementation should pass it.
+#[cfg(feature = "testing")]
+pub use idem_core::{store_conformance_tests, testing};
+
+/// SQL stores (features `sqlite`, `postgres`, `mysql`), built from your sqlx pool.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+pub mod sqlx {
+    #[cfg(feature = "mysql")]
+    pub use idem_sqlx::MySqlStore;
+    #[cfg(feature = "postgres")]
+    pub use idem_sqlx::PgStore;
+    #[cfg(feature = "sqlite")]
+    pub use idem_sqlx::SqliteStore;
+}
+
+/// What `#[idempotent]` expands to. Not public API.
+#[doc(hidden)]
+pub mod __private;

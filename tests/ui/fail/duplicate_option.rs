@@ -1,0 +1,8 @@
+use idem::{MemoryStore, idempotent};
+
+#[idempotent(key = id, store = store, key = other)]
+async fn charge(store: &MemoryStore, id: u64, other: u64) -> Result<u64, idem::Error> {
+    Ok(id + other)
+}
+
+fn main() {}
