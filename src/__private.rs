@@ -7,7 +7,7 @@ pub use core::time::Duration;
 pub use idem_core::codec::Bincode;
 pub use idem_core::{
     CacheErrors, CacheIf, Codec, DefaultStore, Error, FingerprintBuilder, Key, OnConflict, Options,
-    Release, Store, ValueCodec, execute,
+    Release, Store, TxStart, ValueCodec, execute, tx_finish, tx_start,
 };
 
 /// Splits a function's return type into its `Ok` and `Err` types.

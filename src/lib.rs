@@ -32,7 +32,8 @@
 pub use idem_core::MemoryStore;
 pub use idem_core::{
     Claim, Codec, CodecError, Error, Fingerprint, IntoKey, Key, KeyDigest, KeyWriter, Options,
-    Outcome, Output, Record, Store, StoreError, Token, purge_periodically, set_default_store,
+    Outcome, Output, Record, Store, StoreError, Token, TxStore, purge_periodically, run_in_tx,
+    set_default_store,
 };
 pub use idem_macros::idempotent;
 

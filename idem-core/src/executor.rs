@@ -59,14 +59,14 @@ where
         .await
 }
 
-struct Call<'a, S: ?Sized> {
-    store: &'a S,
-    key: &'a Key,
-    fingerprint: &'a Fingerprint,
-    options: &'a Options,
+pub(crate) struct Call<'a, S: ?Sized> {
+    pub(crate) store: &'a S,
+    pub(crate) key: &'a Key,
+    pub(crate) fingerprint: &'a Fingerprint,
+    pub(crate) options: &'a Options,
 }
 
-enum Acquired {
+pub(crate) enum Acquired {
     Owner(Token),
     Replay(Record),
 }
@@ -136,50 +136,79 @@ impl<S: Store + ?Sized> Call<'_, S> {
 
     /// Claims the key, waiting for a concurrent owner if the options say so.
     async fn acquire(&self) -> Result<Acquired, Error> {
-        let deadline = Instant::now() + self.options.wait_timeout;
-        let mut poll = Duration::from_millis(2);
+        let mut patience = Patience::new(self.options);
         loop {
             let claim = self
                 .store
                 .claim(self.key, self.fingerprint, self.options.lease)
                 .await;
-            let busy = match claim {
-                Ok(Claim::Claimed(token)) => return Ok(Acquired::Owner(token)),
-                Ok(Claim::Completed(record)) => {
-                    self.check_fingerprint(&record.fingerprint)?;
-                    return Ok(Acquired::Replay(record));
-                }
-                Ok(Claim::InProgress(busy)) => busy,
-                Err(e) => {
-                    self.outcome(Outcome::StoreError);
-                    return Err(e.into());
-                }
-            };
-            self.check_fingerprint(&busy.fingerprint)?;
-            if self.options.on_conflict == OnConflict::Reject {
-                self.outcome(Outcome::InProgress);
-                return Err(Error::InProgress);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                self.outcome(Outcome::WaitTimeout);
-                return Err(Error::WaitTimeout);
-            }
-            // Wake when the owner finishes, its lease runs out, or our patience does.
-            let mut pause = deadline - now;
-            if let Some(lease) = busy.lease_remaining {
-                pause = pause.min(lease + Duration::from_millis(1));
-            }
-            match busy.waiter {
-                Some(waiter) => {
-                    let _ = tokio::time::timeout(pause, waiter).await;
-                }
-                None => {
-                    tokio::time::sleep(pause.min(poll)).await;
-                    poll = (poll * 2).min(MAX_POLL);
-                }
+            if let Some(acquired) = self.settle(claim, &mut patience).await? {
+                return Ok(acquired);
             }
         }
+    }
+}
+
+/// How long a call may still wait for a concurrent owner, and how often it polls.
+pub(crate) struct Patience {
+    deadline: Instant,
+    poll: Duration,
+}
+
+impl Patience {
+    pub(crate) fn new(options: &Options) -> Self {
+        Patience {
+            deadline: Instant::now() + options.wait_timeout,
+            poll: Duration::from_millis(2),
+        }
+    }
+}
+
+impl<S: ?Sized> Call<'_, S> {
+    /// What a claim's answer means for this call: `Some` when it owns the key or has a
+    /// record to replay, `None` after waiting for a concurrent owner (claim again).
+    pub(crate) async fn settle(
+        &self,
+        claim: Result<Claim, StoreError>,
+        patience: &mut Patience,
+    ) -> Result<Option<Acquired>, Error> {
+        let busy = match claim {
+            Ok(Claim::Claimed(token)) => return Ok(Some(Acquired::Owner(token))),
+            Ok(Claim::Completed(record)) => {
+                self.check_fingerprint(&record.fingerprint)?;
+                return Ok(Some(Acquired::Replay(record)));
+            }
+            Ok(Claim::InProgress(busy)) => busy,
+            Err(e) => {
+                self.outcome(Outcome::StoreError);
+                return Err(e.into());
+            }
+        };
+        self.check_fingerprint(&busy.fingerprint)?;
+        if self.options.on_conflict == OnConflict::Reject {
+            self.outcome(Outcome::InProgress);
+            return Err(Error::InProgress);
+        }
+        let now = Instant::now();
+        if now >= patience.deadline {
+            self.outcome(Outcome::WaitTimeout);
+            return Err(Error::WaitTimeout);
+        }
+        // Wake when the owner finishes, its lease runs out, or our patience does.
+        let mut pause = patience.deadline - now;
+        if let Some(lease) = busy.lease_remaining {
+            pause = pause.min(lease + Duration::from_millis(1));
+        }
+        match busy.waiter {
+            Some(waiter) => {
+                let _ = tokio::time::timeout(pause, waiter).await;
+            }
+            None => {
+                tokio::time::sleep(pause.min(patience.poll)).await;
+                patience.poll = (patience.poll * 2).min(MAX_POLL);
+            }
+        }
+        Ok(None)
     }
 
     fn check_fingerprint(&self, recorded: &Fingerprint) -> Result<(), Error> {
@@ -192,7 +221,7 @@ impl<S: Store + ?Sized> Call<'_, S> {
     }
 
     /// The recorded result: `Ok(Ok)` / `Ok(Err)` replays it, `Err` is a codec failure.
-    fn replay<P, T, E>(
+    pub(crate) fn replay<P, T, E>(
         &self,
         output: &ValueCodec<T>,
         policy: &P,
@@ -217,6 +246,12 @@ impl<S: Store + ?Sized> Call<'_, S> {
         }
     }
 
+    pub(crate) fn outcome(&self, outcome: Outcome) {
+        observe::record(self.options.namespace, outcome);
+    }
+}
+
+impl<S: Store + ?Sized> Call<'_, S> {
     /// Runs the body while renewing the lease every third of it.
     async fn with_heartbeat<F: Future>(&self, token: Token, body: F) -> F::Output {
         let body = pin!(body);
@@ -276,10 +311,6 @@ impl<S: Store + ?Sized> Call<'_, S> {
             Err(StoreError::LeaseLost) => self.outcome(Outcome::LeaseLost),
             Err(e) => observe::store_error(self.options.namespace, "release", &e),
         }
-    }
-
-    fn outcome(&self, outcome: Outcome) {
-        observe::record(self.options.namespace, outcome);
     }
 }
 

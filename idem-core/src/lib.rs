@@ -17,6 +17,7 @@ mod purge;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod tx;
 
 pub use codec::Codec;
 pub use default_store::{DefaultStore, set_default_store};
@@ -29,3 +30,4 @@ pub use memory::MemoryStore;
 pub use policy::{CacheErrors, CacheIf, ErrorPolicy, OnConflict, Options, Release, ValueCodec};
 pub use purge::purge_periodically;
 pub use store::{Busy, Claim, Outcome, Output, Record, Store, Token, Waiter};
+pub use tx::{TxCall, TxStart, TxStore, run_in_tx, tx_finish, tx_start};

@@ -368,7 +368,35 @@ fn expand(
         }
         Shape::Invalid => return None,
     };
-    let call = if alias {
+    let call = if let Some(tx) = &options.tx {
+        // Transactional mode: claim on the transaction, run the body (which writes through
+        // the same transaction), record on it. The caller commits.
+        let claim = Ident::new("__idem_claim", Span::mixed_site());
+        let result = Ident::new("__idem_result", Span::mixed_site());
+        let codecs = Ident::new("__idem_codecs", Span::mixed_site());
+        let (into, from) = if alias {
+            let conv = quote_spanned!(ret.span()=> <#ret as #private::IdemResult>);
+            (quote!(#conv::into_result), quote!(#conv::from_result))
+        } else {
+            (quote!(), quote!())
+        };
+        let start = respan(quote!(#private::tx_start), at_call);
+        quote! {
+            let #codecs = (#output, #policy, #into_error);
+            let #claim = match #start(
+                #store_arg, &mut *#tx, #key_ident, #fp_ident, &__IDEM_OPTIONS,
+                &#codecs.0, &#codecs.1, #codecs.2,
+            ).await {
+                #private::TxStart::Run(claim) => claim,
+                #private::TxStart::Done(result) => return #from(result),
+            };
+            let #result = #into(async #body.await);
+            #from(#private::tx_finish(
+                #store_arg, &mut *#tx, #claim, #result, &__IDEM_OPTIONS,
+                &#codecs.0, &#codecs.1, #codecs.2,
+            ).await)
+        }
+    } else if alias {
         // `execute` takes and gives a `Result`: convert from and to the alias; the body's
         // `return`s stay in an async block of their own.
         let result = quote_spanned!(ret.span()=> <#ret as #private::IdemResult>);
@@ -547,10 +575,25 @@ fn arguments(function: &ItemFn, options: &Options, errs: &mut Errs) -> Vec<Ident
              the fingerprint covers with `hash = ...`",
         );
     }
+    if let Some(tx) = &options.tx
+        && !named.contains(tx)
+    {
+        errs.add(
+            tx,
+            format!(
+                "`tx` names `{tx}`, which is not an argument of this function: name the \
+                 `&mut sqlx::Transaction` argument the body writes through"
+            ),
+        );
+    }
     let store = options.store.as_ref().and_then(root_ident);
     named
         .into_iter()
-        .filter(|ident| !skip.contains(ident) && Some(ident) != store.as_ref())
+        .filter(|ident| {
+            !skip.contains(ident)
+                && Some(ident) != store.as_ref()
+                && Some(ident) != options.tx.as_ref()
+        })
         .collect()
 }
 

@@ -8,8 +8,8 @@ use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::{Expr, Ident, LitStr, Path, Token, parenthesized};
 
-const VALID: &str = "key, scope, store, hash, skip, ttl, lease, on_conflict, wait_timeout, \
-                     errors, name, codec, crate";
+const VALID: &str = "key, scope, store, hash, skip, tx, ttl, lease, on_conflict, \
+                     wait_timeout, errors, name, codec, crate";
 
 /// The options as written, validated one by one.
 pub(crate) struct Options {
@@ -18,6 +18,8 @@ pub(crate) struct Options {
     pub(crate) scope: Option<Expr>,
     pub(crate) store: Option<Expr>,
     pub(crate) hash: Hash,
+    /// Transactional mode: the `&mut sqlx::Transaction` argument.
+    pub(crate) tx: Option<Ident>,
     pub(crate) ttl: Option<Duration>,
     pub(crate) lease: Option<Duration>,
     pub(crate) wait: Option<Wait>,
@@ -135,6 +137,7 @@ impl Options {
         let mut key = None;
         let mut scope = None;
         let mut store = None;
+        let mut tx = None;
         let mut hash_expr: Option<Expr> = None;
         let mut skip: Option<(Ident, Vec<Ident>)> = None;
         let mut ttl = None;
@@ -180,6 +183,18 @@ impl Options {
                 "key" => key = Some(value),
                 "scope" => scope = Some(value),
                 "store" => store = Some(value),
+                "tx" => match path_ident(&value) {
+                    Some(_) => {
+                        if let Expr::Path(p) = &value {
+                            tx = p.path.get_ident().cloned();
+                        }
+                    }
+                    None => errs.add(
+                        &value,
+                        "expected the name of the transaction argument: `tx = tx` for \
+                         `tx: &mut sqlx::Transaction<'_, Postgres>`",
+                    ),
+                },
                 "hash" => hash_expr = Some(value),
                 "ttl" => ttl = duration(&label, &value, errs),
                 "lease" => lease = duration(&label, &value, errs),
@@ -275,6 +290,7 @@ impl Options {
             scope,
             store,
             hash,
+            tx,
             ttl,
             lease,
             wait,

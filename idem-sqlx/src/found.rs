@@ -76,7 +76,7 @@ pub(crate) const CLAIM_ATTEMPTS: usize = 8;
 pub(crate) const PURGE_BATCH: i64 = 1000;
 
 /// Maps a sqlx error to a store error naming the operation.
-pub(crate) fn backend(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+pub(crate) fn backend(op: &'static str) -> impl Fn(sqlx::Error) -> StoreError + Copy {
     move |e| StoreError::backend(op, e)
 }
 

@@ -1,8 +1,9 @@
 //! `PgStore`: records in a PostgreSQL table.
 
 use async_trait::async_trait;
-use idem_core::{Claim, Error, Fingerprint, Key, Output, Store, StoreError, Token};
-use sqlx::postgres::PgPool;
+use idem_core::{Claim, Error, Fingerprint, Key, Output, Store, StoreError, Token, TxStore};
+use sqlx::Transaction;
+use sqlx::postgres::{PgConnection, PgExecutor, PgPool, Postgres};
 use sqlx::{Row, SqlStr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,10 +155,12 @@ fn token_value(token: Token) -> i64 {
     token.get() as i64
 }
 
-#[async_trait]
-impl Store for PgStore {
-    async fn claim(
+impl PgStore {
+    /// The claim on one connection: the pool's for plain mode, the transaction's in
+    /// transactional mode (where the insert blocks on a concurrent uncommitted claim).
+    async fn claim_on(
         &self,
+        conn: &mut PgConnection,
         key: &Key,
         fingerprint: &Fingerprint,
         lease: Duration,
@@ -173,25 +176,25 @@ impl Store for PgStore {
                 .bind(&fingerprint.as_bytes()[..])
                 .bind(token)
                 .bind(lease)
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *conn)
                 .await
                 .map_err(backend("claim"))?;
-            let read = |e| StoreError::backend("claim", e);
-            if row.try_get::<bool, _>("claimed").map_err(read)? {
+            let column = backend("claim");
+            if row.try_get::<bool, _>("claimed").map_err(column)? {
                 return Ok(Claim::Claimed(Token::new(token as u64)));
             }
             // Not inserted, and not visible to this statement's snapshot: a concurrent
             // claim committed in between; read again.
-            let Some(state) = row.try_get::<Option<i64>, _>("state").map_err(read)? else {
+            let Some(state) = row.try_get::<Option<i64>, _>("state").map_err(column)? else {
                 continue;
             };
             let found = Found {
                 state,
-                fingerprint: row.try_get("fingerprint").map_err(read)?,
-                outcome: row.try_get("outcome").map_err(read)?,
-                output: row.try_get("output").map_err(read)?,
-                live: row.try_get("live").map_err(read)?,
-                remaining_ms: row.try_get("remaining_ms").map_err(read)?,
+                fingerprint: row.try_get("fingerprint").map_err(column)?,
+                outcome: row.try_get("outcome").map_err(column)?,
+                output: row.try_get("output").map_err(column)?,
+                live: row.try_get("live").map_err(column)?,
+                remaining_ms: row.try_get("remaining_ms").map_err(column)?,
             };
             if found.live {
                 return found.into_claim();
@@ -204,7 +207,7 @@ impl Store for PgStore {
                 .bind(&fingerprint.as_bytes()[..])
                 .bind(token)
                 .bind(lease)
-                .execute(&self.pool)
+                .execute(&mut *conn)
                 .await
                 .map_err(backend("claim"))?;
             if taken.rows_affected() == 1 {
@@ -217,19 +220,26 @@ impl Store for PgStore {
         ))
     }
 
-    async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
+    async fn renew_on<'e>(
+        &self,
+        conn: impl PgExecutor<'e>,
+        key: &Key,
+        token: Token,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
         let done = sqlx::query(self.sql.renew.clone())
             .bind(&key.digest().as_bytes()[..])
             .bind(token_value(token))
             .bind(interval(lease))
-            .execute(&self.pool)
+            .execute(conn)
             .await
             .map_err(backend("renew"))?;
         fenced(done.rows_affected())
     }
 
-    async fn complete(
+    async fn complete_on<'e>(
         &self,
+        conn: impl PgExecutor<'e>,
         key: &Key,
         token: Token,
         output: Output,
@@ -241,20 +251,56 @@ impl Store for PgStore {
             .bind(found::outcome_code(output.outcome))
             .bind(&output.bytes[..])
             .bind(interval(ttl))
-            .execute(&self.pool)
+            .execute(conn)
             .await
             .map_err(backend("complete"))?;
         fenced(done.rows_affected())
     }
 
-    async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
+    async fn release_on<'e>(
+        &self,
+        conn: impl PgExecutor<'e>,
+        key: &Key,
+        token: Token,
+    ) -> Result<(), StoreError> {
         let done = sqlx::query(self.sql.release.clone())
             .bind(&key.digest().as_bytes()[..])
             .bind(token_value(token))
-            .execute(&self.pool)
+            .execute(conn)
             .await
             .map_err(backend("release"))?;
         fenced(done.rows_affected())
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn claim(
+        &self,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(backend("claim"))?;
+        self.claim_on(&mut conn, key, fingerprint, lease).await
+    }
+
+    async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
+        self.renew_on(&self.pool, key, token, lease).await
+    }
+
+    async fn complete(
+        &self,
+        key: &Key,
+        token: Token,
+        output: Output,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.complete_on(&self.pool, key, token, output, ttl).await
+    }
+
+    async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
+        self.release_on(&self.pool, key, token).await
     }
 
     fn release_on_drop(&self, key: &Key, token: Token) {
@@ -282,5 +328,73 @@ impl Store for PgStore {
                 return Ok(purged);
             }
         }
+    }
+}
+
+/// A claim that gave up waiting for a concurrent transaction (PostgreSQL's
+/// "lock_not_available", 55P03) is a timeout; anything else stays as it is.
+fn lock_timeout(error: StoreError, wait: Duration) -> StoreError {
+    if let StoreError::Backend { source, .. } = &error
+        && let Some(sqlx::Error::Database(db)) = source.downcast_ref::<sqlx::Error>()
+        && db.code().as_deref() == Some("55P03")
+    {
+        return StoreError::Timeout {
+            op: "claim",
+            after: wait,
+        };
+    }
+    error
+}
+
+#[async_trait]
+impl<'c> TxStore<Transaction<'c, Postgres>> for PgStore {
+    async fn claim_in(
+        &self,
+        tx: &mut Transaction<'c, Postgres>,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Claim, StoreError> {
+        // `wait` is the lock timeout of this claim only; the transaction's own setting is
+        // put back afterwards.
+        let previous: String = sqlx::query_scalar(
+            "WITH previous AS MATERIALIZED (SELECT current_setting('lock_timeout') AS value) \
+             SELECT value FROM previous, LATERAL (SELECT set_config('lock_timeout', $1, true)) AS set",
+        )
+        .bind(format!("{}ms", wait.as_millis().max(1)))
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(backend("claim"))?;
+        let claim = self
+            .claim_on(tx, key, fingerprint, lease)
+            .await
+            .map_err(|e| lock_timeout(e, wait))?;
+        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+            .bind(previous)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend("claim"))?;
+        Ok(claim)
+    }
+
+    async fn complete_in(
+        &self,
+        tx: &mut Transaction<'c, Postgres>,
+        key: &Key,
+        token: Token,
+        output: Output,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.complete_on(&mut **tx, key, token, output, ttl).await
+    }
+
+    async fn release_in(
+        &self,
+        tx: &mut Transaction<'c, Postgres>,
+        key: &Key,
+        token: Token,
+    ) -> Result<(), StoreError> {
+        self.release_on(&mut **tx, key, token).await
     }
 }
