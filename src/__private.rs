@@ -162,3 +162,20 @@ pub fn scoped_key<S: IsKey + ?Sized, K: IsKey + ?Sized>(
 ) -> Result<Key, Error> {
     Key::scoped(namespace, scope, key)
 }
+
+/// `tx = ...`: the store keeps its records inside a `Tx`, checked where `store =` is.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot keep idempotency records inside a `{Tx}`",
+    label = "`tx = ...` needs a SQL store of the transaction's database: `PgStore` with a \
+             `Transaction<'_, Postgres>`, `SqliteStore` with SQLite, `MySqlStore` with MySQL"
+)]
+pub trait IsTxStore<Tx: Send + ?Sized>: idem_core::TxStore<Tx> {}
+
+#[diagnostic::do_not_recommend]
+impl<Tx: Send + ?Sized, S: idem_core::TxStore<Tx> + ?Sized> IsTxStore<Tx> for S {}
+
+/// The store of a transactional function, checked against the transaction's type.
+#[inline]
+pub fn tx_store<Tx: Send + ?Sized, S: IsTxStore<Tx> + ?Sized>(store: &S) -> &S {
+    store
+}

@@ -5,8 +5,10 @@
 //! [`tx_start`] claims (or replays) inside the transaction, the body runs, [`tx_finish`]
 //! records the result (or removes the claim) inside the same transaction, and the caller
 //! commits. A concurrent duplicate blocks on the key's uncommitted row until the first
-//! transaction ends: after a commit it replays, after a rollback it claims. A crash rolls
-//! everything back, so there is no lease to wait out and no half-done effect.
+//! transaction ends (SQLite serializes whole write transactions instead: begin them with
+//! `BEGIN IMMEDIATE`, and the duplicate waits there): after a commit it replays, after a
+//! rollback it claims. A crash rolls everything back, so there is no lease to wait out and
+//! no half-done effect.
 
 use async_trait::async_trait;
 use serde::{Serialize, de::DeserializeOwned};
@@ -32,7 +34,8 @@ use crate::{CodecError, Error, Fingerprint, Key, StoreError};
 pub trait TxStore<Tx: Send + ?Sized>: Send + Sync {
     /// Claims inside `tx`. A concurrent claim of the key that is not committed yet blocks
     /// this one until its transaction ends, for at most `wait` (then
-    /// [`StoreError::Timeout`]); then this reports what it committed, or claims.
+    /// [`StoreError::Timeout`]); then this reports what it committed, or claims. (On
+    /// SQLite the wait happens earlier, at the caller's `BEGIN IMMEDIATE`.)
     async fn claim_in(
         &self,
         tx: &mut Tx,
@@ -58,6 +61,7 @@ pub trait TxStore<Tx: Send + ?Sized>: Send + Sync {
 
 macro_rules! forward_tx_store {
     ($($ptr:ty),*) => {$(
+        #[diagnostic::do_not_recommend]
         #[async_trait]
         impl<Tx: Send + ?Sized, S: TxStore<Tx> + ?Sized> TxStore<Tx> for $ptr {
             async fn claim_in(&self, tx: &mut Tx, key: &Key, fingerprint: &Fingerprint, lease: Duration, wait: Duration)
@@ -223,7 +227,7 @@ where
 /// recorded (the caller rolls back, or commits nothing for the key).
 ///
 /// ```ignore
-/// let mut tx = pool.begin().await?;
+/// let mut tx = pool.begin().await?; // SQLite: pool.begin_with("BEGIN IMMEDIATE")
 /// let key = idem::Key::new("payments.transfer", &cmd.id)?;
 /// let fingerprint = idem::Fingerprint::of(&cmd)?;
 /// let receipt = idem::run_in_tx(&store, &mut tx, key, fingerprint, &idem::Options::new("payments.transfer"),

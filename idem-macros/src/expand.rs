@@ -333,9 +333,8 @@ fn expand(
     };
     let store_arg = Ident::new("__idem_store", Span::mixed_site().located_at(at_call));
     let execute = |body: TokenStream| {
-        let function = respan(quote!(#private::execute), at_call);
-        let mut arguments = Group::new(
-            Delimiter::Parenthesis,
+        awaited_at(
+            quote!(#private::execute),
             quote! {
                 #store_arg,
                 #key_ident,
@@ -346,10 +345,8 @@ fn expand(
                 #into_error,
                 async #body,
             },
-        );
-        arguments.set_span(at_call);
-        let dot_await = respan(quote!(.await), at_call);
-        quote!(#function #arguments #dot_await)
+            at_call,
+        )
     };
 
     // The body: a block whose value has the return type as written.
@@ -380,21 +377,35 @@ fn expand(
         } else {
             (quote!(), quote!())
         };
-        let start = respan(quote!(#private::tx_start), at_call);
-        quote! {
-            let #codecs = (#output, #policy, #into_error);
-            let #claim = match #start(
+        // The transaction's type, from the signature, so a store that cannot work inside it
+        // is reported once, at `store = ...`.
+        let tx_ty = tx_type(&function, tx)?;
+        let check = respan(quote!(#private::tx_store::<#tx_ty, _>), at_call);
+        let start = awaited_at(
+            quote!(#private::tx_start::<_, #tx_ty, _, _, _>),
+            quote! {
                 #store_arg, &mut *#tx, #key_ident, #fp_ident, &__IDEM_OPTIONS,
                 &#codecs.0, &#codecs.1, #codecs.2,
-            ).await {
+            },
+            at_call,
+        );
+        let finish = awaited_at(
+            quote!(#private::tx_finish::<_, #tx_ty, _, _, _>),
+            quote! {
+                #store_arg, &mut *#tx, #claim, #result, &__IDEM_OPTIONS,
+                &#codecs.0, &#codecs.1, #codecs.2,
+            },
+            at_call,
+        );
+        quote! {
+            let #store_arg = #check(#store_arg);
+            let #codecs = (#output, #policy, #into_error);
+            let #claim = match #start {
                 #private::TxStart::Run(claim) => claim,
                 #private::TxStart::Done(result) => return #from(result),
             };
             let #result = #into(async #body.await);
-            #from(#private::tx_finish(
-                #store_arg, &mut *#tx, #claim, #result, &__IDEM_OPTIONS,
-                &#codecs.0, &#codecs.1, #codecs.2,
-            ).await)
+            #from(#finish)
         }
     } else if alias {
         // `execute` takes and gives a `Result`: convert from and to the alias; the body's
@@ -411,6 +422,29 @@ fn expand(
         _ => *function.block = block,
     }
     Some(function.into_token_stream())
+}
+
+/// `function(arguments).await`, every token located at `at`, so that rustc reports an
+/// unsatisfied bound of the call there (and only once, next to the check of the same span).
+fn awaited_at(function: TokenStream, arguments: TokenStream, at: Span) -> TokenStream {
+    let function = respan(function, at);
+    let mut arguments = Group::new(Delimiter::Parenthesis, arguments);
+    arguments.set_span(at);
+    let dot_await = respan(quote!(.await), at);
+    quote!(#function #arguments #dot_await)
+}
+
+/// `T` of the argument `tx: &mut T`.
+fn tx_type(function: &ItemFn, tx: &Ident) -> Option<TokenStream> {
+    function.sig.inputs.iter().find_map(|input| match input {
+        FnArg::Typed(arg) => match (&*arg.pat, &*arg.ty) {
+            (Pat::Ident(pat), Type::Reference(r)) if pat.ident == *tx && r.mutability.is_some() => {
+                Some(r.elem.to_token_stream())
+            }
+            _ => None,
+        },
+        FnArg::Receiver(_) => None,
+    })
 }
 
 /// `key = (a, b)` borrows each part, so composite keys need no clones either.
@@ -573,6 +607,15 @@ fn arguments(function: &ItemFn, options: &Options, errs: &mut Errs) -> Vec<Ident
             &pat,
             "#[idempotent] cannot hash a destructured argument: bind it to a name, or say what \
              the fingerprint covers with `hash = ...`",
+        );
+    }
+    if let Some(tx) = &options.tx
+        && named.contains(tx)
+        && tx_type(function, tx).is_none()
+    {
+        errs.add(
+            tx,
+            format!("`{tx}` must be a `&mut sqlx::Transaction<'_, DB>` argument: the caller owns and commits the transaction"),
         );
     }
     if let Some(tx) = &options.tx

@@ -2,7 +2,7 @@
 //! through sqlx, chosen by the features `sqlite`, `postgres` and `mysql`.
 //!
 //! Each store is built from your pool, keeps its records in one table (`idem_records`, or
-//! [`with_table`](PgStore::with_table)), creates it with `migrate()`, takes every time from
+//! `with_table(name)`), creates it with `migrate()`, takes every time from
 //! the database's clock, and passes idem's store conformance suite.
 
 mod found;

@@ -1,10 +1,10 @@
 //! `MySqlStore`: records in a MySQL or MariaDB table.
 
 use async_trait::async_trait;
-use idem_core::{Claim, Error, Fingerprint, Key, Output, Store, StoreError, Token};
-use sqlx::mysql::{MySql, MySqlDatabaseError, MySqlPool};
+use idem_core::{Claim, Error, Fingerprint, Key, Output, Store, StoreError, Token, TxStore};
+use sqlx::mysql::{MySql, MySqlConnection, MySqlDatabaseError, MySqlExecutor, MySqlPool};
 use sqlx::pool::PoolConnection;
-use sqlx::{Row, SqlStr};
+use sqlx::{Row, SqlStr, Transaction};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,11 +21,12 @@ use crate::token;
 ///
 /// # What a call costs
 ///
-/// A claim reads first: one `SELECT` by primary key. A replay of a completed key is that one
-/// round trip and writes nothing (no lock, no commit, no fsync). A fresh key costs the read
-/// plus an `INSERT IGNORE` — two round trips and one commit — and then one fenced `UPDATE`
-/// to complete it; taking over an expired record is the read plus one `UPDATE … WHERE
-/// expires_at <= UTC_TIMESTAMP(6)`. That is one round trip more than `PgStore`'s
+/// A claim (outside a transaction; see below for inside one) reads first: one `SELECT` by
+/// primary key. A replay of a completed key is that one round trip and writes nothing (no
+/// lock, no commit, no fsync). A fresh key costs the read plus an `INSERT IGNORE` — two
+/// round trips and one commit — and then one fenced `UPDATE` to complete it; taking over an
+/// expired record is the read plus one `UPDATE … WHERE expires_at <= UTC_TIMESTAMP(6)`.
+/// That is one round trip more than `PgStore`'s
 /// single-statement claim on PostgreSQL, because MySQL has no statement that inserts *or*
 /// returns the existing row without writing it: `INSERT … ON DUPLICATE KEY UPDATE` locks and
 /// writes the existing row on every replay (and, since sqlx sets `CLIENT_FOUND_ROWS`, reports
@@ -37,6 +38,43 @@ use crate::token;
 /// `complete`, `renew` and `release` are one fenced statement each (`WHERE key_digest = ?
 /// AND token = ? AND state = 0`); they count the rows the `WHERE` matched
 /// (`CLIENT_FOUND_ROWS`), so a renewal that happens to write the same deadline still counts.
+///
+/// # Transactional mode
+///
+/// With `#[idempotent(tx = tx)]` (or [`run_in_tx`](idem_core::run_in_tx)) on a
+/// `Transaction<'_, MySql>`, the claim, the body's writes and the record commit together in
+/// the caller's transaction; a rollback, or a client that dies before its commit (the server
+/// rolls its transaction back when the connection drops), leaves no record and no effect.
+/// The same statements run, in another order, because InnoDB's default isolation is
+/// `REPEATABLE READ`: a plain `SELECT` inside the transaction reads the transaction's
+/// snapshot and would not see a record another transaction committed while this one
+/// waited. So the claim inserts first: `INSERT IGNORE` waits for a concurrent, not yet
+/// committed insert of the same key until that transaction ends, and then inserts (one row:
+/// claimed, after a rollback) or finds the duplicate (zero rows, after a commit). Only then
+/// does it read, with a locking read (`SELECT … LOCK IN SHARE MODE`), which sees the latest
+/// committed row and keeps it from changing until the caller's transaction ends; an expired
+/// record is taken over with the same `UPDATE … WHERE expires_at <= UTC_TIMESTAMP(6)`. (A
+/// locking read *before* the insert would be wrong too: on an absent key it takes a gap
+/// lock, and two transactions holding it both block each other's insert — a deadlock.) So
+/// in a transaction a fresh key costs the `INSERT IGNORE`, and a replay that plus the read
+/// (with a shared row lock, which concurrent replays share), each plus the two `SET`s of
+/// the lock wait timeout below.
+///
+/// The call's `wait_timeout` becomes InnoDB's `innodb_lock_wait_timeout` for the claim's
+/// statements only: whole seconds, rounded up, at least 1. The claim saves the session's
+/// value in the user variable `@idem_lock_wait_timeout`, sets its own and puts the saved
+/// one back afterwards (a session variable outlives the transaction, and the connection
+/// goes back to the pool); if the claim is cancelled in between, the connection keeps the
+/// claim's timeout until its next transactional claim restores the saved value. Running out
+/// of it (error 1205, which by default rolls back only the statement) is
+/// [`StoreError::Timeout`] (`Error::WaitTimeout` from the macro). InnoDB resolves a
+/// deadlock (error 1213) by rolling back the *whole* transaction, so the claim does not
+/// retry it there as plain mode does: it is a [`StoreError::Backend`] returned before the
+/// body runs, and the caller must roll back and run the transaction again. The known way
+/// to get one: the owner of a key rolls back while two or more others wait to insert it —
+/// each of them holds a shared lock on the key after the rollback and needs an exclusive
+/// one to insert, so InnoDB picks all but one as victims (the same happens when two
+/// transactions take over the same expired record at once).
 #[derive(Clone)]
 pub struct MySqlStore {
     pool: MySqlPool,
@@ -46,6 +84,7 @@ pub struct MySqlStore {
 
 struct Statements {
     read: SqlStr,
+    read_locked: SqlStr,
     insert: SqlStr,
     take_over: SqlStr,
     renew: SqlStr,
@@ -55,15 +94,17 @@ struct Statements {
     create_table: SqlStr,
 }
 
+/// A claim's read of the key's row.
+const READ: &str = "SELECT state, fingerprint, outcome, output, \
+       expires_at > UTC_TIMESTAMP(6) AS live, \
+       TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) DIV 1000 AS remaining_ms \
+     FROM {t} WHERE key_digest = ?";
+
 impl Statements {
     fn new(t: &Table) -> Self {
         Statements {
-            read: t.sql(
-                "SELECT state, fingerprint, outcome, output, \
-                   expires_at > UTC_TIMESTAMP(6) AS live, \
-                   TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) DIV 1000 AS remaining_ms \
-                 FROM {t} WHERE key_digest = ?",
-            ),
+            read: t.sql(READ),
+            read_locked: t.sql(&format!("{READ} LOCK IN SHARE MODE")),
             insert: t.sql(
                 "INSERT IGNORE INTO {t} (key_digest, namespace, key_preview, fingerprint, state, \
                    token, lease_until, expires_at, created_at) \
@@ -221,82 +262,143 @@ fn token_value(token: Token) -> i64 {
     token.get() as i64
 }
 
-/// InnoDB chose this statement as a deadlock victim (error 1213): safe to run it again.
-fn is_deadlock(e: &sqlx::Error) -> bool {
+/// InnoDB's "lock wait timeout exceeded" (it rolls back only the statement).
+const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
+/// InnoDB's "deadlock found" (it rolls back the whole transaction).
+const ER_LOCK_DEADLOCK: u16 = 1213;
+
+/// The server's error number, for a database error.
+fn error_number(e: &sqlx::Error) -> Option<u16> {
     match e {
         sqlx::Error::Database(db) => db
             .try_downcast_ref::<MySqlDatabaseError>()
-            .is_some_and(|e| e.number() == 1213),
-        _ => false,
+            .map(MySqlDatabaseError::number),
+        _ => None,
     }
 }
 
-#[async_trait]
-impl Store for MySqlStore {
-    async fn claim(
+/// InnoDB chose this statement as a deadlock victim (error 1213). Outside a transaction
+/// only the statement was rolled back, so it is safe to run it again.
+fn is_deadlock(e: &sqlx::Error) -> bool {
+    error_number(e) == Some(ER_LOCK_DEADLOCK)
+}
+
+/// Where a claim runs, which decides how it reads and what it may retry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Autocommit statements on a pooled connection: read first (a replay writes
+    /// nothing), and run a statement InnoDB rolled back as a deadlock victim again.
+    Plain,
+    /// In the caller's transaction: insert first, read with a shared lock, and never retry
+    /// a deadlock (InnoDB rolled the whole transaction back).
+    InTx,
+}
+
+/// The session variable a transactional claim keeps the caller's `innodb_lock_wait_timeout`
+/// in while it runs with its own. `COALESCE`: a claim that was cancelled before it restored
+/// the value left the caller's value there, and it stays the one to restore.
+const SET_LOCK_WAIT: &str = "SET @idem_lock_wait_timeout = \
+       COALESCE(@idem_lock_wait_timeout, @@SESSION.innodb_lock_wait_timeout), \
+     SESSION innodb_lock_wait_timeout = ?";
+const RESTORE_LOCK_WAIT: &str = "SET SESSION innodb_lock_wait_timeout = \
+       COALESCE(CAST(@idem_lock_wait_timeout AS UNSIGNED), @@SESSION.innodb_lock_wait_timeout), \
+     @idem_lock_wait_timeout = NULL";
+
+/// `wait` as `innodb_lock_wait_timeout`: whole seconds, rounded up, at least 1 (0 would
+/// not wait at all on MariaDB) and at most the server's maximum.
+fn lock_wait_secs(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.clamp(1, 1_073_741_824)
+}
+
+impl MySqlStore {
+    /// The claim on one connection: a pooled one in plain mode, the caller's transaction's
+    /// in transactional mode. See the type's docs for why the two order their statements
+    /// differently.
+    async fn claim_on(
         &self,
+        conn: &mut MySqlConnection,
         key: &Key,
         fingerprint: &Fingerprint,
         lease: Duration,
+        mode: Mode,
     ) -> Result<Claim, StoreError> {
         let token = token::fresh();
         let digest = &key.digest().as_bytes()[..];
         let namespace = truncate_chars(key.namespace(), NAMESPACE_CHARS);
         let lease = found::micros(lease);
+        let retry = |e: &sqlx::Error| mode == Mode::Plain && is_deadlock(e);
+        let mut insert_first = mode == Mode::InTx;
         for _ in 0..CLAIM_ATTEMPTS {
-            // Read first, so that a replay (the common case) writes nothing.
-            let row = sqlx::query(self.sql.read.clone())
+            if insert_first {
+                // Absent (or in a transaction, where an insert waits for a concurrent
+                // uncommitted insert of the key): insert it, unless it exists (0 rows).
+                let inserted = sqlx::query(self.sql.insert.clone())
+                    .bind(digest)
+                    .bind(namespace)
+                    .bind(key.preview())
+                    .bind(&fingerprint.as_bytes()[..])
+                    .bind(token)
+                    .bind(lease)
+                    .bind(lease)
+                    .execute(&mut *conn)
+                    .await;
+                match inserted {
+                    Ok(done) if done.rows_affected() == 1 => {
+                        return Ok(Claim::Claimed(Token::new(token as u64)));
+                    }
+                    Ok(_) => {}
+                    Err(e) if retry(&e) => {
+                        insert_first = false;
+                        continue;
+                    }
+                    Err(e) => return Err(backend("claim")(e)),
+                }
+            }
+            let read = match mode {
+                Mode::Plain => self.sql.read.clone(),
+                Mode::InTx => self.sql.read_locked.clone(),
+            };
+            let row = sqlx::query(read)
                 .bind(digest)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *conn)
                 .await
                 .map_err(backend("claim"))?;
-            let written = match row {
-                None => {
-                    // Absent: insert it, unless a concurrent claimer just did (0 rows).
-                    sqlx::query(self.sql.insert.clone())
-                        .bind(digest)
-                        .bind(namespace)
-                        .bind(key.preview())
-                        .bind(&fingerprint.as_bytes()[..])
-                        .bind(token)
-                        .bind(lease)
-                        .bind(lease)
-                        .execute(&self.pool)
-                        .await
-                }
-                Some(row) => {
-                    let read = |e| StoreError::backend("claim", e);
-                    let found = Found {
-                        state: row.try_get("state").map_err(read)?,
-                        fingerprint: row.try_get("fingerprint").map_err(read)?,
-                        outcome: row.try_get("outcome").map_err(read)?,
-                        output: row.try_get("output").map_err(read)?,
-                        live: row.try_get::<i64, _>("live").map_err(read)? != 0,
-                        remaining_ms: row.try_get("remaining_ms").map_err(read)?,
-                    };
-                    if found.live {
-                        return found.into_claim();
-                    }
-                    // Expired: take it over, unless another claimer just did (0 rows).
-                    sqlx::query(self.sql.take_over.clone())
-                        .bind(namespace)
-                        .bind(key.preview())
-                        .bind(&fingerprint.as_bytes()[..])
-                        .bind(token)
-                        .bind(lease)
-                        .bind(lease)
-                        .bind(digest)
-                        .execute(&self.pool)
-                        .await
-                }
+            let Some(row) = row else {
+                insert_first = true;
+                continue;
             };
-            match written {
+            let column = |e| StoreError::backend("claim", e);
+            let found = Found {
+                state: row.try_get("state").map_err(column)?,
+                fingerprint: row.try_get("fingerprint").map_err(column)?,
+                outcome: row.try_get("outcome").map_err(column)?,
+                output: row.try_get("output").map_err(column)?,
+                live: row.try_get::<i64, _>("live").map_err(column)? != 0,
+                remaining_ms: row.try_get("remaining_ms").map_err(column)?,
+            };
+            if found.live {
+                return found.into_claim();
+            }
+            // Expired: take it over, unless another claimer just did (0 rows).
+            insert_first = mode == Mode::InTx;
+            let taken = sqlx::query(self.sql.take_over.clone())
+                .bind(namespace)
+                .bind(key.preview())
+                .bind(&fingerprint.as_bytes()[..])
+                .bind(token)
+                .bind(lease)
+                .bind(lease)
+                .bind(digest)
+                .execute(&mut *conn)
+                .await;
+            match taken {
                 Ok(done) if done.rows_affected() == 1 => {
                     return Ok(Claim::Claimed(Token::new(token as u64)));
                 }
-                // Lost a race (or a deadlock with a concurrent purge): read again.
+                // Lost a race (or, in plain mode, a deadlock with a concurrent purge).
                 Ok(_) => continue,
-                Err(e) if is_deadlock(&e) => continue,
+                Err(e) if retry(&e) => continue,
                 Err(e) => return Err(backend("claim")(e)),
             }
         }
@@ -306,21 +408,28 @@ impl Store for MySqlStore {
         ))
     }
 
-    async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
+    async fn renew_on<'e>(
+        &self,
+        conn: impl MySqlExecutor<'e>,
+        key: &Key,
+        token: Token,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
         let lease = found::micros(lease);
         let done = sqlx::query(self.sql.renew.clone())
             .bind(lease)
             .bind(lease)
             .bind(&key.digest().as_bytes()[..])
             .bind(token_value(token))
-            .execute(&self.pool)
+            .execute(conn)
             .await
             .map_err(backend("renew"))?;
         fenced(done.rows_affected())
     }
 
-    async fn complete(
+    async fn complete_on<'e>(
         &self,
+        conn: impl MySqlExecutor<'e>,
         key: &Key,
         token: Token,
         output: Output,
@@ -332,20 +441,57 @@ impl Store for MySqlStore {
             .bind(found::micros(ttl))
             .bind(&key.digest().as_bytes()[..])
             .bind(token_value(token))
-            .execute(&self.pool)
+            .execute(conn)
             .await
             .map_err(backend("complete"))?;
         fenced(done.rows_affected())
     }
 
-    async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
+    async fn release_on<'e>(
+        &self,
+        conn: impl MySqlExecutor<'e>,
+        key: &Key,
+        token: Token,
+    ) -> Result<(), StoreError> {
         let done = sqlx::query(self.sql.release.clone())
             .bind(&key.digest().as_bytes()[..])
             .bind(token_value(token))
-            .execute(&self.pool)
+            .execute(conn)
             .await
             .map_err(backend("release"))?;
         fenced(done.rows_affected())
+    }
+}
+
+#[async_trait]
+impl Store for MySqlStore {
+    async fn claim(
+        &self,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(backend("claim"))?;
+        self.claim_on(&mut conn, key, fingerprint, lease, Mode::Plain)
+            .await
+    }
+
+    async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
+        self.renew_on(&self.pool, key, token, lease).await
+    }
+
+    async fn complete(
+        &self,
+        key: &Key,
+        token: Token,
+        output: Output,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.complete_on(&self.pool, key, token, output, ttl).await
+    }
+
+    async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
+        self.release_on(&self.pool, key, token).await
     }
 
     fn release_on_drop(&self, key: &Key, token: Token) {
@@ -383,6 +529,74 @@ impl Store for MySqlStore {
                 return Ok(purged);
             }
         }
+    }
+}
+
+/// A claim that gave up waiting for a concurrent transaction (InnoDB's lock wait timeout,
+/// 1205) is a timeout; anything else, a deadlock (1213) included, stays as it is.
+fn lock_timeout(error: StoreError, wait: Duration) -> StoreError {
+    if let StoreError::Backend { source, .. } = &error
+        && let Some(e) = source.downcast_ref::<sqlx::Error>()
+        && error_number(e) == Some(ER_LOCK_WAIT_TIMEOUT)
+    {
+        return StoreError::Timeout {
+            op: "claim",
+            after: wait,
+        };
+    }
+    error
+}
+
+#[async_trait]
+impl<'c> TxStore<Transaction<'c, MySql>> for MySqlStore {
+    async fn claim_in(
+        &self,
+        tx: &mut Transaction<'c, MySql>,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Claim, StoreError> {
+        // `wait` is the lock wait timeout of this claim only. The session's own value is
+        // put back afterwards, also after a failed claim: unlike PostgreSQL's
+        // `set_config(…, true)` a session variable outlives the transaction, and the
+        // connection goes back to the pool.
+        sqlx::query(SET_LOCK_WAIT)
+            .bind(lock_wait_secs(wait))
+            .execute(&mut **tx)
+            .await
+            .map_err(backend("claim"))?;
+        let claim = self
+            .claim_on(tx, key, fingerprint, lease, Mode::InTx)
+            .await
+            .map_err(|e| lock_timeout(e, wait));
+        let restored = sqlx::query(RESTORE_LOCK_WAIT)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend("claim"));
+        let claim = claim?;
+        restored?;
+        Ok(claim)
+    }
+
+    async fn complete_in(
+        &self,
+        tx: &mut Transaction<'c, MySql>,
+        key: &Key,
+        token: Token,
+        output: Output,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.complete_on(&mut **tx, key, token, output, ttl).await
+    }
+
+    async fn release_in(
+        &self,
+        tx: &mut Transaction<'c, MySql>,
+        key: &Key,
+        token: Token,
+    ) -> Result<(), StoreError> {
+        self.release_on(&mut **tx, key, token).await
     }
 }
 

@@ -1,8 +1,9 @@
 //! `SqliteStore`: records in an SQLite table.
 
 use async_trait::async_trait;
-use idem_core::{Claim, Error, Fingerprint, Key, Output, Store, StoreError, Token};
-use sqlx::sqlite::SqlitePool;
+use idem_core::{Claim, Error, Fingerprint, Key, Output, Store, StoreError, Token, TxStore};
+use sqlx::Transaction;
+use sqlx::sqlite::{Sqlite, SqliteConnection, SqliteExecutor, SqlitePool};
 use sqlx::{Row, SqlStr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +51,42 @@ const NOW: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS IN
 /// store.migrate().await?;
 /// # Ok(()) }
 /// ```
+///
+/// # Transactional mode
+///
+/// `SqliteStore` is a [`TxStore`] for `Transaction<'_, Sqlite>` (`tx = ...`, or
+/// [`run_in_tx`](idem_core::run_in_tx)): the claim, the body's writes and the record commit
+/// together or not at all. SQLite runs one writer at a time, so **begin the transaction
+/// with `BEGIN IMMEDIATE`**:
+///
+/// ```ignore
+/// let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+/// let receipt = bank.transfer(&mut tx, cmd).await?;
+/// tx.commit().await?;
+/// ```
+///
+/// It takes the write lock at `BEGIN`, before the claim reads the key. The claim then
+/// reads and inserts as in plain mode, and nothing can change in between. A concurrent
+/// duplicate waits at its own `BEGIN IMMEDIATE` until the first transaction ends. After a
+/// commit it replays the recorded result; after a rollback or a crash it finds nothing and
+/// runs. So in transactional mode a duplicate waits for the pool's **busy timeout**
+/// ([`busy_timeout`](sqlx::sqlite::SqliteConnectOptions::busy_timeout)), not for
+/// `wait_timeout`. When the busy timeout runs out, `BEGIN IMMEDIATE` itself fails with
+/// `SQLITE_BUSY`, in your code and before any claim. An open `BEGIN IMMEDIATE`
+/// transaction blocks every other writer of the database file (plain-mode claims too)
+/// until it ends, so keep it short.
+///
+/// A deferred transaction (`pool.begin()`) is not serialized: its claim reads under a
+/// snapshot and only asks for the write lock at its insert. If another transaction holds
+/// the lock at that moment, the claim fails at once with `SQLITE_BUSY`, reported as
+/// [`Error::WaitTimeout`]. If another transaction committed since the snapshot, it fails
+/// with `SQLITE_BUSY_SNAPSHOT`, an [`Error::Store`]. Both come before the body runs.
+///
+/// A process killed before its commit leaves neither a record nor an effect: the kernel
+/// drops its locks, and the WAL frames it wrote have no commit frame, so no reader ever
+/// sees them. The retry runs once. Do not let plain-mode calls and transactional calls
+/// share keys (the same `name = ...`). A transaction that waits for a plain-mode call in
+/// progress holds the write lock that call needs to finish.
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -169,12 +206,30 @@ impl SqliteStore {
     pub fn table(&self) -> &str {
         self.table.name()
     }
+}
 
+/// A lease or TTL as whole milliseconds, rounded up (so a deadline never comes early) and
+/// at least 1.
+fn millis(d: Duration) -> i64 {
+    // Whole microseconds (capped at about 100 years), plus one for a fraction of one.
+    let micros = found::micros(d) + i64::from(!d.subsec_nanos().is_multiple_of(1000));
+    (micros as u64).div_ceil(1000).max(1) as i64
+}
+
+fn token_value(token: Token) -> i64 {
+    token.get() as i64
+}
+
+impl SqliteStore {
     /// Reads the record of `digest`, if there is one.
-    async fn read(&self, digest: &[u8]) -> Result<Option<Found>, StoreError> {
+    async fn read_on<'e>(
+        &self,
+        conn: impl SqliteExecutor<'e>,
+        digest: &[u8],
+    ) -> Result<Option<Found>, StoreError> {
         let Some(row) = sqlx::query(self.sql.read.clone())
             .bind(digest)
-            .fetch_optional(&self.pool)
+            .fetch_optional(conn)
             .await
             .map_err(backend("claim"))?
         else {
@@ -190,24 +245,13 @@ impl SqliteStore {
             remaining_ms: row.try_get("remaining_ms").map_err(read)?,
         }))
     }
-}
 
-/// A lease or TTL as whole milliseconds, rounded up (so a deadline never comes early) and
-/// at least 1.
-fn millis(d: Duration) -> i64 {
-    // Whole microseconds (capped at about 100 years), plus one for a fraction of one.
-    let micros = found::micros(d) + i64::from(!d.subsec_nanos().is_multiple_of(1000));
-    (micros as u64).div_ceil(1000).max(1) as i64
-}
-
-fn token_value(token: Token) -> i64 {
-    token.get() as i64
-}
-
-#[async_trait]
-impl Store for SqliteStore {
-    async fn claim(
+    /// The claim on one connection: a pool's for plain mode, the transaction's in
+    /// transactional mode (where the transaction already holds the write lock, so nothing
+    /// can change between the read and the insert).
+    async fn claim_on(
         &self,
+        conn: &mut SqliteConnection,
         key: &Key,
         fingerprint: &Fingerprint,
         lease: Duration,
@@ -217,7 +261,7 @@ impl Store for SqliteStore {
         let lease = millis(lease);
         for _ in 0..CLAIM_ATTEMPTS {
             // Read first: a replay (or a busy key) writes nothing.
-            if let Some(found) = self.read(digest).await?
+            if let Some(found) = self.read_on(&mut *conn, digest).await?
                 && found.live
             {
                 return found.into_claim();
@@ -230,7 +274,7 @@ impl Store for SqliteStore {
                 .bind(&fingerprint.as_bytes()[..])
                 .bind(token)
                 .bind(lease)
-                .execute(&self.pool)
+                .execute(&mut *conn)
                 .await
                 .map_err(backend("claim"))?;
             if claimed.rows_affected() == 1 {
@@ -244,19 +288,26 @@ impl Store for SqliteStore {
         ))
     }
 
-    async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
+    async fn renew_on<'e>(
+        &self,
+        conn: impl SqliteExecutor<'e>,
+        key: &Key,
+        token: Token,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
         let done = sqlx::query(self.sql.renew.clone())
             .bind(&key.digest().as_bytes()[..])
             .bind(token_value(token))
             .bind(millis(lease))
-            .execute(&self.pool)
+            .execute(conn)
             .await
             .map_err(backend("renew"))?;
         fenced(done.rows_affected())
     }
 
-    async fn complete(
+    async fn complete_on<'e>(
         &self,
+        conn: impl SqliteExecutor<'e>,
         key: &Key,
         token: Token,
         output: Output,
@@ -268,20 +319,56 @@ impl Store for SqliteStore {
             .bind(found::outcome_code(output.outcome))
             .bind(&output.bytes[..])
             .bind(millis(ttl))
-            .execute(&self.pool)
+            .execute(conn)
             .await
             .map_err(backend("complete"))?;
         fenced(done.rows_affected())
     }
 
-    async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
+    async fn release_on<'e>(
+        &self,
+        conn: impl SqliteExecutor<'e>,
+        key: &Key,
+        token: Token,
+    ) -> Result<(), StoreError> {
         let done = sqlx::query(self.sql.release.clone())
             .bind(&key.digest().as_bytes()[..])
             .bind(token_value(token))
-            .execute(&self.pool)
+            .execute(conn)
             .await
             .map_err(backend("release"))?;
         fenced(done.rows_affected())
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn claim(
+        &self,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(backend("claim"))?;
+        self.claim_on(&mut conn, key, fingerprint, lease).await
+    }
+
+    async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
+        self.renew_on(&self.pool, key, token, lease).await
+    }
+
+    async fn complete(
+        &self,
+        key: &Key,
+        token: Token,
+        output: Output,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.complete_on(&self.pool, key, token, output, ttl).await
+    }
+
+    async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
+        self.release_on(&self.pool, key, token).await
     }
 
     fn release_on_drop(&self, key: &Key, token: Token) {
@@ -309,6 +396,76 @@ impl Store for SqliteStore {
                 return Ok(purged);
             }
         }
+    }
+}
+
+/// A claim that could not get SQLite's write lock (`SQLITE_BUSY`, 5) is a timeout, so the
+/// caller gets `Error::WaitTimeout`. The code is the same whether the busy timeout ran
+/// out or SQLite refused at once (a deferred transaction that had already read). A
+/// transaction whose snapshot is older than another's commit (`SQLITE_BUSY_SNAPSHOT`,
+/// 517) can never write: say how to avoid it.
+fn busy(error: StoreError, wait: Duration) -> StoreError {
+    if let StoreError::Backend { source, .. } = &error
+        && let Some(sqlx::Error::Database(db)) = source.downcast_ref::<sqlx::Error>()
+    {
+        match db.code().as_deref() {
+            Some("5") => {
+                return StoreError::Timeout {
+                    op: "claim",
+                    after: wait,
+                };
+            }
+            Some("517") => {
+                return StoreError::backend(
+                    "claim",
+                    format!(
+                        "{db}: another transaction committed since this one first read; begin \
+                         transactions for `tx = ...` with `BEGIN IMMEDIATE` \
+                         (`pool.begin_with(\"BEGIN IMMEDIATE\")`)"
+                    ),
+                );
+            }
+            _ => {}
+        }
+    }
+    error
+}
+
+#[async_trait]
+impl<'c> TxStore<Transaction<'c, Sqlite>> for SqliteStore {
+    async fn claim_in(
+        &self,
+        tx: &mut Transaction<'c, Sqlite>,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Claim, StoreError> {
+        // In a `BEGIN IMMEDIATE` transaction the waiting already happened at `BEGIN` (for
+        // the pool's busy timeout) and this never blocks.
+        self.claim_on(tx, key, fingerprint, lease)
+            .await
+            .map_err(|e| busy(e, wait))
+    }
+
+    async fn complete_in(
+        &self,
+        tx: &mut Transaction<'c, Sqlite>,
+        key: &Key,
+        token: Token,
+        output: Output,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.complete_on(&mut **tx, key, token, output, ttl).await
+    }
+
+    async fn release_in(
+        &self,
+        tx: &mut Transaction<'c, Sqlite>,
+        key: &Key,
+        token: Token,
+    ) -> Result<(), StoreError> {
+        self.release_on(&mut **tx, key, token).await
     }
 }
 
