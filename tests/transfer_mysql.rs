@@ -1,56 +1,22 @@
 //! Transactional mode on MySQL/MariaDB (InnoDB): the classic double charge. Money moves
 //! between two account rows in the caller's transaction, with the claim and the receipt in
 //! the same transaction: racing tasks, racing processes, retries, a kill -9 before commit
-//! and a caller's rollback all leave the balances changed exactly once.
+//! and a caller's rollback all leave the balances changed exactly once. The shared
+//! scenarios are in `support/bank.rs`.
 #![cfg(all(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 
 mod support;
 
 use idem::idempotent;
 use idem::sqlx::MySqlStore;
-use serde::{Deserialize, Serialize};
 use sqlx::mysql::{MySql, MySqlPool, MySqlPoolOptions};
 use sqlx::{AssertSqlSafe, Transaction};
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use support::bank::{self, Bank, BankError, Receipt, Transfer, accounts_table, transfer_cmd};
 use support::sql::{Backend, unique};
-
-#[derive(Debug, Clone, Serialize)]
-struct Transfer {
-    id: String,
-    from: i64,
-    to: i64,
-    cents: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Receipt {
-    transfer_id: String,
-    by: String,
-    from_balance: i64,
-}
-
-#[derive(Debug)]
-enum BankError {
-    Idem(idem::Error),
-    Db(sqlx::Error),
-}
-
-impl From<idem::Error> for BankError {
-    fn from(e: idem::Error) -> Self {
-        BankError::Idem(e)
-    }
-}
-
-impl From<sqlx::Error> for BankError {
-    fn from(e: sqlx::Error) -> Self {
-        BankError::Db(e)
-    }
-}
 
 impl BankError {
     /// InnoDB rolled the whole transaction back as a deadlock victim (1213, SQLSTATE
@@ -67,14 +33,15 @@ impl BankError {
     }
 }
 
-struct Bank {
+struct MySqlBank {
     store: MySqlStore,
     accounts: String,
+    pool: MySqlPool,
     /// Transactions run again after a deadlock.
     deadlocks: AtomicUsize,
 }
 
-impl Bank {
+impl MySqlBank {
     /// Moves money once per transfer id; the caller commits `tx`.
     #[idempotent(key = cmd.id, store = self.store, tx = tx, skip(by), name = "bank.transfer", on_conflict = wait, wait_timeout = "60s")]
     async fn transfer(
@@ -126,11 +93,7 @@ impl Bank {
             .bind(cmd.to)
             .execute(&mut **tx)
             .await?;
-        if let Ok(ms) = std::env::var("IDEM_TX_STALL_MS") {
-            // The kill test: effects written, not committed.
-            say("written");
-            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
-        }
+        bank::stall_if_asked().await;
         Ok(Receipt {
             transfer_id: cmd.id,
             by,
@@ -138,33 +101,9 @@ impl Bank {
         })
     }
 
-    /// One request as a handler runs it: begin, transfer, commit — and, as InnoDB asks of
-    /// every transaction, run it again if it was chosen as a deadlock victim.
-    async fn handle(
-        &self,
-        pool: &MySqlPool,
-        cmd: Transfer,
-        by: &str,
-    ) -> Result<Receipt, BankError> {
-        let mut attempts = 0;
-        loop {
-            match self.handle_once(pool, cmd.clone(), by).await {
-                Err(e) if e.is_deadlock() && attempts < 10 => {
-                    attempts += 1;
-                    self.deadlocks.fetch_add(1, Ordering::SeqCst);
-                }
-                result => return result,
-            }
-        }
-    }
-
-    async fn handle_once(
-        &self,
-        pool: &MySqlPool,
-        cmd: Transfer,
-        by: &str,
-    ) -> Result<Receipt, BankError> {
-        let mut tx = pool.begin().await?;
+    /// One attempt of [`handle`](Bank::handle).
+    async fn handle_once(&self, cmd: Transfer, by: &str) -> Result<Receipt, BankError> {
+        let mut tx = self.pool.begin().await?;
         // A handler reads before it writes (here: is there money to move?). Under REPEATABLE
         // READ that read fixes the transaction's snapshot, so a claim that waited for
         // another transaction must read the record with a locking read to see its commit.
@@ -178,328 +117,99 @@ impl Bank {
         tx.commit().await?;
         Ok(receipt)
     }
-
-    async fn balances(&self, pool: &MySqlPool) -> (i64, i64) {
-        let q = format!("SELECT balance FROM {} ORDER BY id", self.accounts);
-        let rows: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(q))
-            .fetch_all(pool)
-            .await
-            .unwrap();
-        (rows[0], rows[1])
-    }
-
-    async fn records(&self, pool: &MySqlPool) -> i64 {
-        let q = format!("SELECT COUNT(*) FROM {}", self.store.table());
-        sqlx::query_scalar(AssertSqlSafe(q))
-            .fetch_one(pool)
-            .await
-            .unwrap()
-    }
 }
 
-fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "IDEM-TX {line}").unwrap();
-    out.flush().unwrap();
-}
-
-/// Opens the bank on `table` (store) and `<table>_acct` (two accounts of 10000 cents).
-async fn open(url: &str, table: &str, create: bool) -> (Bank, MySqlPool) {
-    let pool = MySqlPoolOptions::new()
-        .max_connections(16)
-        .connect(url)
-        .await
-        .unwrap();
-    let store = MySqlStore::new(pool.clone()).with_table(table).unwrap();
-    let accounts = format!("{table}_acct");
-    if create {
-        store.migrate().await.unwrap();
-        let create = format!(
-            "CREATE TABLE {accounts} (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL) \
-             ENGINE=InnoDB"
-        );
-        sqlx::query(AssertSqlSafe(create))
-            .execute(&pool)
+impl Bank for MySqlBank {
+    async fn connect(url: &str, table: &str) -> Self {
+        let pool = MySqlPoolOptions::new()
+            .max_connections(16)
+            .connect(url)
             .await
             .unwrap();
-        let seed = format!("INSERT INTO {accounts} VALUES (1, 10000), (2, 10000)");
-        sqlx::query(AssertSqlSafe(seed))
-            .execute(&pool)
-            .await
-            .unwrap();
+        let store = MySqlStore::new(pool.clone()).with_table(table).unwrap();
+        MySqlBank {
+            store,
+            accounts: accounts_table(table),
+            pool,
+            deadlocks: AtomicUsize::new(0),
+        }
     }
-    let bank = Bank {
-        store,
-        accounts,
-        deadlocks: AtomicUsize::new(0),
-    };
-    (bank, pool)
-}
 
-async fn drop_bank(bank: &Bank, pool: &MySqlPool) {
-    for t in [bank.store.table(), &bank.accounts] {
-        sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
-            .execute(pool)
-            .await
-            .unwrap();
+    async fn create_tables(&self) {
+        self.store.migrate().await.unwrap();
+        self.query(format!(
+            "CREATE TABLE {} (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL) ENGINE=InnoDB",
+            self.accounts
+        ))
+        .await;
     }
-}
 
-fn transfer_cmd(id: &str) -> Transfer {
-    Transfer {
-        id: id.into(),
-        from: 1,
-        to: 2,
-        cents: 250,
+    fn tables(&self) -> [&str; 2] {
+        [self.store.table(), &self.accounts]
+    }
+
+    async fn query(&self, sql: String) -> Vec<i64> {
+        let query = sqlx::query_scalar(AssertSqlSafe(sql));
+        query.fetch_all(&self.pool).await.unwrap()
+    }
+
+    /// Begin, read, transfer, commit — and, as InnoDB asks of every transaction, run it
+    /// again if it was chosen as a deadlock victim.
+    async fn handle(&self, cmd: Transfer, by: &str) -> Result<Receipt, BankError> {
+        let mut attempts = 0;
+        loop {
+            match self.handle_once(cmd.clone(), by).await {
+                Err(e) if e.is_deadlock() && attempts < 10 => {
+                    attempts += 1;
+                    self.deadlocks.fetch_add(1, Ordering::SeqCst);
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn rolled_back(&self, cmd: Transfer, by: &str) -> Result<Receipt, BankError> {
+        let mut tx = self.pool.begin().await?;
+        let result = self.transfer(&mut tx, cmd, by.to_owned()).await;
+        tx.rollback().await?;
+        result
+    }
+
+    fn deadlocks(&self) -> usize {
+        self.deadlocks.load(Ordering::SeqCst)
     }
 }
 
 #[test]
 #[ignore = "a worker process: the transfer tests start it with IDEM_TX_* set"]
 fn tx_worker() {
-    let Ok(table) = std::env::var("IDEM_TX_TABLE") else {
-        return;
-    };
-    let url = std::env::var("IDEM_TX_URL").unwrap();
-    let worker = std::env::var("IDEM_TX_WORKER").unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let (bank, pool) = open(&url, &table, false).await;
-        let bank = Arc::new(bank);
-        // Connected: start with the others, when the test says so.
-        say("ready");
-        let mut go = String::new();
-        std::io::stdin().read_line(&mut go).unwrap();
-        let tasks: Vec<_> = (0..8)
-            .map(|task| {
-                let (bank, pool, who) = (bank.clone(), pool.clone(), format!("{worker}/{task}"));
-                tokio::spawn(
-                    async move { bank.handle(&pool, transfer_cmd("t-1"), &who).await.unwrap() },
-                )
-            })
-            .collect();
-        for task in tasks {
-            let receipt = task.await.unwrap();
-            say(&format!("{} {}", receipt.by, receipt.from_balance));
-        }
-        say(&format!(
-            "deadlocks {}",
-            bank.deadlocks.load(Ordering::SeqCst)
-        ));
-    });
-}
-
-/// A worker process, connected and waiting for [`go`](Worker::go).
-struct Worker {
-    child: Child,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Worker {
-    fn spawn(url: &str, table: &str, vars: &[(&str, &str)]) -> Worker {
-        let mut command = Command::new(std::env::current_exe().unwrap());
-        command
-            .args([
-                "--exact",
-                "tx_worker",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("IDEM_TX_URL", url)
-            .env("IDEM_TX_TABLE", table)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        for (k, v) in vars {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut worker = Worker { child, stdout };
-        worker.wait_for("ready");
-        worker
-    }
-
-    /// Starts its transfers.
-    fn go(&mut self) {
-        let stdin = self.child.stdin.as_mut().unwrap();
-        writeln!(stdin, "go").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    /// Reads its output up to the line `IDEM-TX <marker>`.
-    fn wait_for(&mut self, marker: &str) {
-        let mut line = String::new();
-        while line.trim_end().split_once("IDEM-TX ").map(|(_, l)| l) != Some(marker) {
-            line.clear();
-            assert!(
-                self.stdout.read_line(&mut line).unwrap() > 0,
-                "the worker ended before saying {marker:?}"
-            );
-        }
-    }
-
-    /// Its receipts, and how many of its transactions ran again after a deadlock.
-    fn receipts(mut self) -> (Vec<String>, usize) {
-        let mut rest = String::new();
-        self.stdout.read_to_string(&mut rest).unwrap();
-        assert!(self.child.wait().unwrap().success(), "a worker failed");
-        let mut deadlocks = 0;
-        let mut receipts = Vec::new();
-        for line in rest.lines() {
-            let Some((_, r)) = line.split_once("IDEM-TX ") else {
-                continue;
-            };
-            match r.strip_prefix("deadlocks ") {
-                Some(n) => deadlocks += n.parse::<usize>().unwrap(),
-                None => receipts.push(r.to_owned()),
-            }
-        }
-        (receipts, deadlocks)
-    }
+    bank::worker::<MySqlBank>();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_tasks_and_processes_move_the_money_once() {
-    let Some(backend) = Backend::mysql() else {
-        return;
-    };
-    let table = unique("idem_tx");
-    let (bank, pool) = open(backend.url(), &table, true).await;
-    let bank = Arc::new(bank);
-    let mut workers: Vec<Worker> = (0..4)
-        .map(|w| {
-            Worker::spawn(
-                backend.url(),
-                &table,
-                &[("IDEM_TX_WORKER", &format!("p{w}"))],
-            )
-        })
-        .collect();
-    // Every process is connected: all 96 callers start at once.
-    workers.iter_mut().for_each(Worker::go);
-    let tasks: Vec<_> = (0..64)
-        .map(|task| {
-            let (bank, pool) = (bank.clone(), pool.clone());
-            tokio::spawn(async move {
-                bank.handle(&pool, transfer_cmd("t-1"), &format!("main/{task}"))
-                    .await
-                    .unwrap()
-            })
-        })
-        .collect();
-    let mut seen = BTreeSet::new();
-    for task in tasks {
-        let r = task.await.unwrap();
-        seen.insert(format!("{} {}", r.by, r.from_balance));
+    if let Some(backend) = Backend::mysql() {
+        bank::race::<MySqlBank>(backend.url()).await;
     }
-    let mut deadlocks = bank.deadlocks.load(Ordering::SeqCst);
-    for worker in workers {
-        let (receipts, worker_deadlocks) = worker.receipts();
-        assert_eq!(receipts.len(), 8, "every task of a worker got a receipt");
-        seen.extend(receipts);
-        deadlocks += worker_deadlocks;
-    }
-    // Retries after everything committed replay too.
-    for _ in 0..3 {
-        let r = bank
-            .handle(&pool, transfer_cmd("t-1"), "retry")
-            .await
-            .unwrap();
-        seen.insert(format!("{} {}", r.by, r.from_balance));
-    }
-    assert_eq!(seen.len(), 1, "every caller got the same receipt: {seen:?}");
-    assert_eq!(
-        bank.balances(&pool).await,
-        (9750, 10250),
-        "the money moved exactly once"
-    );
-    // Nobody rolled back, so no waiter ever needed more than a shared lock on the key:
-    // insert-first claims never deadlock here.
-    assert_eq!(deadlocks, 0, "no transaction was a deadlock victim");
-    drop_bank(&bank, &pool).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_by_the_caller_records_nothing() {
-    let Some(backend) = Backend::mysql() else {
-        return;
-    };
-    let table = unique("idem_tx");
-    let (bank, pool) = open(backend.url(), &table, true).await;
-    let mut tx = pool.begin().await.unwrap();
-    bank.transfer(&mut tx, transfer_cmd("t-2"), "rolled back".into())
-        .await
-        .unwrap();
-    tx.rollback().await.unwrap();
-    assert_eq!(bank.balances(&pool).await, (10000, 10000));
-    assert_eq!(bank.records(&pool).await, 0, "no record, not even a claim");
-    let r = bank
-        .handle(&pool, transfer_cmd("t-2"), "retry")
-        .await
-        .unwrap();
-    assert_eq!(r.by, "retry", "the retry ran: nothing was recorded");
-    assert_eq!(bank.balances(&pool).await, (9750, 10250));
-    // A different payload under the same key is refused before any effect.
-    let mut tx = pool.begin().await.unwrap();
-    let mut other = transfer_cmd("t-2");
-    other.cents = 9999;
-    let err = bank
-        .transfer(&mut tx, other, "tamper".into())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, BankError::Idem(idem::Error::PayloadMismatch)),
-        "{err:?}"
-    );
-    tx.rollback().await.unwrap();
-    assert_eq!(bank.balances(&pool).await, (9750, 10250));
-    drop_bank(&bank, &pool).await;
+    if let Some(backend) = Backend::mysql() {
+        bank::caller_rollback::<MySqlBank>(backend.url()).await;
+    }
 }
 
+/// The server notices the dropped connection and rolls its transaction back; the retry
+/// (which first waits on the dying transaction's row lock) runs once. The worker's other
+/// tasks were waiting for the same lock; their server threads notice their dropped
+/// connections only once the wait ends, and may first make the retry's transaction a
+/// deadlock victim, which `handle` runs again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_killed_before_commit_leaves_no_record_and_no_effect() {
-    let Some(backend) = Backend::mysql() else {
-        return;
-    };
-    let table = unique("idem_tx");
-    let (bank, pool) = open(backend.url(), &table, true).await;
-    let mut doomed = Worker::spawn(
-        backend.url(),
-        &table,
-        &[("IDEM_TX_WORKER", "doomed"), ("IDEM_TX_STALL_MS", "600000")],
-    );
-    doomed.go();
-    doomed.wait_for("written");
-    doomed.child.kill().unwrap(); // SIGKILL between the effect write and the commit.
-    doomed.child.wait().unwrap();
-    assert_eq!(bank.records(&pool).await, 0, "no record was committed");
-    // The server notices the dropped connection and rolls its transaction back; the retry
-    // (which first waits on the dying transaction's row lock) runs once. The worker's
-    // other tasks were waiting for the same lock; their server threads notice their
-    // dropped connections only once the wait ends, and may first make the retry's
-    // transaction a deadlock victim, which `handle` runs again.
-    let r = bank
-        .handle(&pool, transfer_cmd("t-1"), "retry")
-        .await
-        .unwrap();
-    assert_eq!(r.by, "retry");
-    assert_eq!(
-        bank.balances(&pool).await,
-        (9750, 10250),
-        "only the retry's effect"
-    );
-    let again = bank
-        .handle(&pool, transfer_cmd("t-1"), "again")
-        .await
-        .unwrap();
-    assert_eq!(again, r);
-    assert_eq!(bank.records(&pool).await, 1);
-    drop_bank(&bank, &pool).await;
+    if let Some(backend) = Backend::mysql() {
+        bank::kill_before_commit::<MySqlBank>(backend.url()).await;
+    }
 }
 
 /// `wait_timeout` is InnoDB's lock wait timeout for the claim (`Error::WaitTimeout` after
@@ -509,8 +219,8 @@ async fn a_wait_timeout_is_the_lock_wait_timeout_of_the_claim() {
     let Some(backend) = Backend::mysql() else {
         return;
     };
-    let table = unique("idem_tx");
-    let (bank, pool) = open(backend.url(), &table, true).await;
+    let bank = MySqlBank::open(backend.url(), &unique("idem_tx")).await;
+    let pool = &bank.pool;
     let mut first = pool.begin().await.unwrap();
     bank.transfer(&mut first, transfer_cmd("t-3"), "first".into())
         .await
@@ -542,8 +252,8 @@ async fn a_wait_timeout_is_the_lock_wait_timeout_of_the_claim() {
     assert_eq!(timeout, 37, "the session's lock wait timeout was restored");
     second.rollback().await.unwrap();
     first.commit().await.unwrap();
-    assert_eq!(bank.balances(&pool).await, (9750, 10250));
-    drop_bank(&bank, &pool).await;
+    assert_eq!(bank.balances().await, (9750, 10250));
+    bank.close().await;
 }
 
 /// InnoDB's answer when the owner of a key rolls back while several others wait to insert
@@ -556,8 +266,8 @@ async fn a_deadlock_is_returned_before_the_body_and_the_transaction_runs_again()
         return;
     };
     let table = unique("idem_tx");
-    let (bank, pool) = open(backend.url(), &table, true).await;
-    let bank = Arc::new(bank);
+    let bank = Arc::new(MySqlBank::open(backend.url(), &table).await);
+    let pool = &bank.pool;
     let waiting = sqlx::SqlSafeStr::into_sql_str(AssertSqlSafe(format!(
         "SELECT COUNT(*) FROM information_schema.INNODB_TRX \
          WHERE trx_state = 'LOCK WAIT' AND trx_query LIKE 'INSERT IGNORE INTO {table} %'"
@@ -571,11 +281,10 @@ async fn a_deadlock_is_returned_before_the_body_and_the_transaction_runs_again()
             .unwrap();
         let waiters: Vec<_> = (0..3)
             .map(|w| {
-                let (bank, pool, id) = (bank.clone(), pool.clone(), id.clone());
-                tokio::spawn(async move {
-                    bank.handle_once(&pool, transfer_cmd(&id), &format!("w{w}"))
-                        .await
-                })
+                let (bank, id) = (bank.clone(), id.clone());
+                tokio::spawn(
+                    async move { bank.handle_once(transfer_cmd(&id), &format!("w{w}")).await },
+                )
             })
             .collect();
         // All three wait for the owner's insert. (InnoDB refreshes INNODB_TRX only when it
@@ -584,7 +293,7 @@ async fn a_deadlock_is_returned_before_the_body_and_the_transaction_runs_again()
         loop {
             tokio::time::sleep(Duration::from_millis(150)).await;
             let blocked: i64 = sqlx::query_scalar(waiting.clone())
-                .fetch_one(&pool)
+                .fetch_one(pool)
                 .await
                 .unwrap();
             if blocked == 3 {
@@ -614,12 +323,12 @@ async fn a_deadlock_is_returned_before_the_body_and_the_transaction_runs_again()
                     );
                     assert!(e.is_deadlock() && in_claim, "{e:?}");
                     victims += 1;
-                    bank.handle(&pool, transfer_cmd(&id), &format!("w{w} again"))
+                    bank.handle(transfer_cmd(&id), &format!("w{w} again"))
                         .await
                         .unwrap()
                 }
             };
-            seen.insert(format!("{} {}", r.by, r.from_balance));
+            seen.insert(r.line());
         }
         assert_eq!(
             (ran, victims),
@@ -629,9 +338,9 @@ async fn a_deadlock_is_returned_before_the_body_and_the_transaction_runs_again()
         assert_eq!(seen.len(), 1, "every caller got the same receipt: {seen:?}");
     }
     assert_eq!(
-        bank.balances(&pool).await,
+        bank.balances().await,
         (10000 - 250 * rounds, 10000 + 250 * rounds),
         "each transfer moved the money once"
     );
-    drop_bank(&bank, &pool).await;
+    bank.close().await;
 }

@@ -151,14 +151,17 @@ impl<S: Store + ?Sized> Call<'_, S> {
 
 /// How long a call may still wait for a concurrent owner, and how often it polls.
 pub(crate) struct Patience {
-    deadline: Instant,
+    wait_timeout: Duration,
+    /// Set when the call first has to wait (most calls never do).
+    deadline: Option<Instant>,
     poll: Duration,
 }
 
 impl Patience {
     pub(crate) fn new(options: &Options) -> Self {
         Patience {
-            deadline: Instant::now() + options.wait_timeout,
+            wait_timeout: options.wait_timeout,
+            deadline: None,
             poll: Duration::from_millis(2),
         }
     }
@@ -190,12 +193,13 @@ impl<S: ?Sized> Call<'_, S> {
             return Err(Error::InProgress);
         }
         let now = Instant::now();
-        if now >= patience.deadline {
+        let deadline = *patience.deadline.get_or_insert(now + patience.wait_timeout);
+        if now >= deadline {
             self.outcome(Outcome::WaitTimeout);
             return Err(Error::WaitTimeout);
         }
         // Wake when the owner finishes, its lease runs out, or our patience does.
-        let mut pause = patience.deadline - now;
+        let mut pause = deadline - now;
         if let Some(lease) = busy.lease_remaining {
             pause = pause.min(lease + Duration::from_millis(1));
         }

@@ -5,8 +5,8 @@ use std::fmt::{self, Write as _};
 
 use crate::Error;
 
-/// How many characters of the key the operator-facing preview keeps.
-const PREVIEW_CHARS: usize = 64;
+/// How many bytes of `scope/key` the operator-facing preview keeps (cut on a character).
+const PREVIEW_BYTES: usize = 64;
 
 /// A value an idempotency key (or scope) can be made of.
 ///
@@ -22,7 +22,7 @@ pub trait IntoKey {
 /// Receives the text parts of a key; see [`IntoKey`].
 pub struct KeyWriter {
     hasher: Sha256,
-    preview: String,
+    preview: Preview,
 }
 
 impl KeyWriter {
@@ -31,34 +31,81 @@ impl KeyWriter {
         if text.is_empty() {
             return Err(Error::InvalidKey);
         }
-        self.separate();
-        self.preview.push_str(text);
+        self.preview.separate();
+        self.preview.push(text);
         hash_part(&mut self.hasher, text.as_bytes());
         Ok(())
     }
 
     /// Adds one part rendered with `Display` (integers, UUIDs).
     pub fn display(&mut self, value: impl fmt::Display) -> Result<(), Error> {
-        self.separate();
-        let start = self.preview.len();
-        // Writing to a String cannot fail.
-        let _ = write!(self.preview, "{value}");
-        if self.preview.len() == start {
-            return Err(Error::InvalidKey);
+        // Integers and UUIDs fit on the stack; anything longer takes a String.
+        let mut small = Preview::default();
+        if write!(small, "{value}").is_ok() && !small.truncated {
+            return self.part(small.as_str());
         }
-        hash_part(&mut self.hasher, &self.preview.as_bytes()[start..]);
-        Ok(())
+        self.part(&value.to_string())
+    }
+}
+
+/// A short inline string: the preview of a key, without a heap allocation per call.
+#[derive(Clone, Copy)]
+struct Preview {
+    bytes: [u8; PREVIEW_BYTES + 3],
+    len: usize,
+    truncated: bool,
+}
+
+impl Default for Preview {
+    fn default() -> Self {
+        Preview {
+            bytes: [0; PREVIEW_BYTES + 3],
+            len: 0,
+            truncated: false,
+        }
+    }
+}
+
+impl Preview {
+    /// Appends what fits in `PREVIEW_BYTES`, cut on a character boundary.
+    fn push(&mut self, text: &str) {
+        let room = PREVIEW_BYTES.saturating_sub(self.len);
+        let mut take = text.len().min(room);
+        while !text.is_char_boundary(take) {
+            take -= 1;
+        }
+        self.bytes[self.len..self.len + take].copy_from_slice(&text.as_bytes()[..take]);
+        self.len += take;
+        self.truncated |= take < text.len();
     }
 
+    /// `:` between parts of a composite key (not right after the scope's `/`).
     fn separate(&mut self) {
-        if !self.preview.is_empty() && !self.preview.ends_with('/') {
-            self.preview.push(':');
+        if self.len > 0 && self.bytes[self.len - 1] != b'/' {
+            self.push(":");
         }
     }
 
-    fn end_section(&mut self, marker: &str) {
-        self.hasher.update([SECTION_END]);
-        self.preview.push_str(marker);
+    /// Marks a cut preview with `…` (the 3 spare bytes).
+    fn finish(mut self) -> Self {
+        if self.truncated {
+            let ellipsis = "…".as_bytes();
+            self.bytes[self.len..self.len + ellipsis.len()].copy_from_slice(ellipsis);
+            self.len += ellipsis.len();
+        }
+        self
+    }
+
+    fn as_str(&self) -> &str {
+        // Only whole characters are ever copied in.
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
+}
+
+impl fmt::Write for Preview {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.push(s);
+        if self.truncated { Err(fmt::Error) } else { Ok(()) }
     }
 }
 
@@ -109,11 +156,21 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 /// A resolved idempotency key: its digest, its namespace and a short readable preview.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Key {
     digest: KeyDigest,
     namespace: &'static str,
-    preview: String,
+    preview: Preview,
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Key")
+            .field("digest", &self.digest)
+            .field("namespace", &self.namespace)
+            .field("preview", &self.preview.as_str())
+            .finish()
+    }
 }
 
 impl Key {
@@ -141,25 +198,19 @@ impl Key {
         hash_part(&mut hasher, namespace.as_bytes());
         let mut w = KeyWriter {
             hasher,
-            preview: String::new(),
+            preview: Preview::default(),
         };
         if let Some(scope) = scope {
             scope.write_key(&mut w)?;
-            w.end_section("/");
-        } else {
-            w.hasher.update([SECTION_END]);
+            w.preview.push("/");
         }
+        w.hasher.update([SECTION_END]);
         key.write_key(&mut w)?;
         w.hasher.update([SECTION_END]);
-        let mut preview = w.preview;
-        if let Some((cut, _)) = preview.char_indices().nth(PREVIEW_CHARS) {
-            preview.truncate(cut);
-            preview.push('…');
-        }
         Ok(Key {
             digest: KeyDigest(w.hasher.finalize().into()),
             namespace,
-            preview,
+            preview: w.preview.finish(),
         })
     }
 
@@ -173,9 +224,9 @@ impl Key {
         self.namespace
     }
 
-    /// The scope and key as text, cut to 64 characters, for operators (`scope/key`).
+    /// The scope and key as text, cut to 64 bytes, for operators (`scope/key`).
     pub fn preview(&self) -> &str {
-        &self.preview
+        self.preview.as_str()
     }
 }
 
@@ -315,7 +366,13 @@ mod tests {
     fn preview_is_cut() {
         let long = "x".repeat(500);
         let key = Key::new("ns", &long).unwrap();
-        assert_eq!(key.preview().chars().count(), PREVIEW_CHARS + 1);
+        assert_eq!(key.preview(), format!("{}…", "x".repeat(PREVIEW_BYTES)));
+        // Cut on a character boundary, never inside one.
+        let wide = "é".repeat(100);
+        let key = Key::new("ns", &wide).unwrap();
+        assert_eq!(key.preview(), format!("{}…", "é".repeat(PREVIEW_BYTES / 2)));
+        // Long Display values still hash whole.
+        assert_ne!(digest(&u128::MAX), digest(&(u128::MAX - 1)));
         assert_eq!(key.digest().short().len(), 16);
     }
 }

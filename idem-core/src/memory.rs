@@ -36,7 +36,8 @@ enum Slot {
         token: Token,
         fingerprint: Fingerprint,
         lease_until: Instant,
-        changed: Arc<watch::Sender<()>>,
+        /// Set to `true` (and so waking waiters) when the claim completes or goes away.
+        changed: Arc<watch::Sender<bool>>,
     },
     Completed {
         record: Record,
@@ -45,6 +46,15 @@ enum Slot {
 }
 
 impl Slot {
+    fn in_progress(token: Token, fingerprint: Fingerprint, lease_until: Instant) -> Slot {
+        Slot::InProgress {
+            token,
+            fingerprint,
+            lease_until,
+            changed: Arc::new(watch::Sender::new(false)),
+        }
+    }
+
     fn deadline(&self) -> Instant {
         match self {
             Slot::InProgress { lease_until, .. } => *lease_until,
@@ -56,13 +66,15 @@ impl Slot {
         self.deadline() > now
     }
 
-    fn owned_by(&self, token: Token) -> Option<&Arc<watch::Sender<()>>> {
+    /// The fingerprint and waiters of the claim `token` holds, if it still holds it.
+    fn owned_by(&self, token: Token) -> Option<(&Fingerprint, &Arc<watch::Sender<bool>>)> {
         match self {
             Slot::InProgress {
                 token: owner,
+                fingerprint,
                 changed,
                 ..
-            } if *owner == token => Some(changed),
+            } if *owner == token => Some((fingerprint, changed)),
             _ => None,
         }
     }
@@ -83,6 +95,31 @@ impl Expiry<KeyDigest, Arc<Slot>> for UntilDeadline {
         _: Option<Duration>,
     ) -> Option<Duration> {
         Some(slot.deadline().saturating_duration_since(Instant::now()) + GRACE)
+    }
+}
+
+/// What a live record means to a claimer: a replay, or an owner to wait for.
+fn live_claim(slot: &Slot, now: Instant) -> Claim {
+    match slot {
+        Slot::Completed { record, .. } => Claim::Completed(record.clone()),
+        Slot::InProgress {
+            fingerprint,
+            lease_until,
+            changed,
+            ..
+        } => {
+            let mut rx = changed.subscribe();
+            Claim::InProgress(Busy {
+                fingerprint: *fingerprint,
+                lease_remaining: Some(lease_until.saturating_duration_since(now)),
+                waiter: Some(Waiter::new(async move {
+                    // Finished between our read and the subscription: no wait at all.
+                    if !*rx.borrow_and_update() {
+                        let _ = rx.changed().await;
+                    }
+                })),
+            })
+        }
     }
 }
 
@@ -121,22 +158,55 @@ impl MemoryStore {
         Token::new(self.tokens.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// Claims a key whose record has expired, unless another claimer just did.
+    async fn take_over(
+        &self,
+        digest: KeyDigest,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let mut claim = None;
+        self.cache
+            .entry(digest)
+            .and_compute_with(|entry| {
+                let now = Instant::now();
+                let op = match entry.map(|e| e.into_value()) {
+                    Some(slot) if slot.is_live(now) => {
+                        claim = Some(live_claim(&slot, now));
+                        Op::Nop
+                    }
+                    stale => {
+                        // Waiters on an expired claim are woken to claim again.
+                        if let Some(Slot::InProgress { changed, .. }) = stale.as_deref() {
+                            changed.send_replace(true);
+                        }
+                        let token = self.next_token();
+                        claim = Some(Claim::Claimed(token));
+                        Op::Put(Arc::new(Slot::in_progress(token, *fingerprint, now + lease)))
+                    }
+                };
+                std::future::ready(op)
+            })
+            .await;
+        claim.ok_or_else(|| StoreError::backend("claim", "moka did not run the claim"))
+    }
+
     /// Replaces the record `token` owns with `next` (or removes it), waking waiters.
     async fn fenced(
         &self,
         key: &KeyDigest,
         token: Token,
-        next: impl FnOnce() -> Option<Slot>,
+        next: impl FnOnce(&Fingerprint) -> Option<Slot>,
     ) -> Result<(), StoreError> {
         let mut owned = false;
         self.cache
             .entry(*key)
             .and_compute_with(|entry| {
                 let op = match entry.as_ref().and_then(|e| e.value().owned_by(token)) {
-                    Some(changed) => {
+                    Some((fingerprint, changed)) => {
                         owned = true;
-                        changed.send_replace(());
-                        match next() {
+                        changed.send_replace(true);
+                        match next(fingerprint) {
                             Some(slot) => Op::Put(Arc::new(slot)),
                             None => Op::Remove,
                         }
@@ -163,62 +233,30 @@ impl Store for MemoryStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let digest = *key.digest();
-        // Replays read without taking the per-key lock.
-        if let Some(slot) = self.cache.get(&digest).await
-            && let Slot::Completed { record, expires_at } = &*slot
-            && *expires_at > Instant::now()
-        {
-            return Ok(Claim::Completed(record.clone()));
-        }
-        let mut claim = None;
-        self.cache
-            .entry(digest)
-            .and_compute_with(|entry| {
-                let now = Instant::now();
-                let op = match entry.map(|e| e.into_value()) {
-                    Some(slot) if slot.is_live(now) => {
-                        claim = Some(match &*slot {
-                            Slot::Completed { record, .. } => Claim::Completed(record.clone()),
-                            Slot::InProgress {
-                                fingerprint,
-                                lease_until,
-                                changed,
-                                ..
-                            } => {
-                                // Subscribed under the key's lock: no wake-up can be missed.
-                                let mut rx = changed.subscribe();
-                                Claim::InProgress(Busy {
-                                    fingerprint: *fingerprint,
-                                    lease_remaining: Some(
-                                        lease_until.saturating_duration_since(now),
-                                    ),
-                                    waiter: Some(Waiter::new(async move {
-                                        let _ = rx.changed().await;
-                                    })),
-                                })
-                            }
-                        });
-                        Op::Nop
-                    }
-                    stale => {
-                        // Absent or expired. Waiters on an expired claim are woken too.
-                        if let Some(Slot::InProgress { changed, .. }) = stale.as_deref() {
-                            changed.send_replace(());
-                        }
-                        let token = self.next_token();
-                        claim = Some(Claim::Claimed(token));
-                        Op::Put(Arc::new(Slot::InProgress {
-                            token,
-                            fingerprint: *fingerprint,
-                            lease_until: now + lease,
-                            changed: Arc::new(watch::Sender::new(())),
-                        }))
-                    }
-                };
-                std::future::ready(op)
+        // One atomic insert-if-absent: a fresh key is claimed by it, a replay is a lookup
+        // (no per-key compute lock on either path).
+        let mut token = None;
+        // `entry_by_ref` allocates the cache's copy of the key only when it inserts.
+        let entry = self
+            .cache
+            .entry_by_ref(&digest)
+            .or_insert_with(async {
+                let fresh = self.next_token();
+                token = Some(fresh);
+                Arc::new(Slot::in_progress(fresh, *fingerprint, Instant::now() + lease))
             })
             .await;
-        claim.ok_or_else(|| StoreError::backend("claim", "moka did not run the claim"))
+        if entry.is_fresh()
+            && let Some(token) = token
+        {
+            return Ok(Claim::Claimed(token));
+        }
+        let now = Instant::now();
+        let slot = entry.into_value();
+        if slot.is_live(now) {
+            return Ok(live_claim(&slot, now));
+        }
+        self.take_over(digest, fingerprint, lease).await
     }
 
     async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
@@ -260,15 +298,10 @@ impl Store for MemoryStore {
         output: Output,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let digest = *key.digest();
-        let fingerprint = match self.cache.get(&digest).await.as_deref() {
-            Some(Slot::InProgress { fingerprint, .. }) => *fingerprint,
-            _ => return Err(StoreError::LeaseLost),
-        };
-        self.fenced(&digest, token, || {
+        self.fenced(key.digest(), token, |fingerprint| {
             Some(Slot::Completed {
                 record: Record {
-                    fingerprint,
+                    fingerprint: *fingerprint,
                     output,
                 },
                 expires_at: Instant::now() + ttl,
@@ -278,14 +311,14 @@ impl Store for MemoryStore {
     }
 
     async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
-        self.fenced(key.digest(), token, || None).await
+        self.fenced(key.digest(), token, |_| None).await
     }
 
     fn release_on_drop(&self, key: &Key, token: Token) {
         let store = self.clone();
         let digest = *key.digest();
         let mut release = Box::pin(async move {
-            let _ = store.fenced(&digest, token, || None).await;
+            let _ = store.fenced(&digest, token, |_| None).await;
         });
         // Usually done in the first poll, so the next call finds the key free; else it
         // finishes on the runtime (and failing that, the lease expires).

@@ -147,29 +147,81 @@ impl Future for Waiter {
     }
 }
 
+/// The boxed future every `Store` method returns (what `#[async_trait]` generates).
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+// Pointers to a store are stores. Written without `#[async_trait]` so that they hand back the
+// inner store's boxed future instead of boxing it a second time on every call.
 macro_rules! forward_store {
     ($($ptr:ty),*) => {$(
-        #[async_trait]
         impl<S: Store + ?Sized> Store for $ptr {
-            async fn claim(&self, key: &Key, fingerprint: &Fingerprint, lease: Duration)
-                -> Result<Claim, StoreError> {
-                (**self).claim(key, fingerprint, lease).await
+            fn claim<'life0, 'life1, 'life2, 'async_trait>(
+                &'life0 self,
+                key: &'life1 Key,
+                fingerprint: &'life2 Fingerprint,
+                lease: Duration,
+            ) -> Boxed<'async_trait, Claim>
+            where
+                'life0: 'async_trait,
+                'life1: 'async_trait,
+                'life2: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).claim(key, fingerprint, lease)
             }
-            async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
-                (**self).renew(key, token, lease).await
+
+            fn renew<'life0, 'life1, 'async_trait>(
+                &'life0 self,
+                key: &'life1 Key,
+                token: Token,
+                lease: Duration,
+            ) -> Boxed<'async_trait, ()>
+            where
+                'life0: 'async_trait,
+                'life1: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).renew(key, token, lease)
             }
-            async fn complete(&self, key: &Key, token: Token, output: Output, ttl: Duration)
-                -> Result<(), StoreError> {
-                (**self).complete(key, token, output, ttl).await
+
+            fn complete<'life0, 'life1, 'async_trait>(
+                &'life0 self,
+                key: &'life1 Key,
+                token: Token,
+                output: Output,
+                ttl: Duration,
+            ) -> Boxed<'async_trait, ()>
+            where
+                'life0: 'async_trait,
+                'life1: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).complete(key, token, output, ttl)
             }
-            async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
-                (**self).release(key, token).await
+
+            fn release<'life0, 'life1, 'async_trait>(
+                &'life0 self,
+                key: &'life1 Key,
+                token: Token,
+            ) -> Boxed<'async_trait, ()>
+            where
+                'life0: 'async_trait,
+                'life1: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).release(key, token)
             }
+
             fn release_on_drop(&self, key: &Key, token: Token) {
                 (**self).release_on_drop(key, token)
             }
-            async fn purge_expired(&self) -> Result<u64, StoreError> {
-                (**self).purge_expired().await
+
+            fn purge_expired<'life0, 'async_trait>(&'life0 self) -> Boxed<'async_trait, u64>
+            where
+                'life0: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).purge_expired()
             }
         }
     )*};

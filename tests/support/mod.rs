@@ -60,3 +60,6 @@ pub mod sql;
 
 #[cfg(all(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 pub mod proxy;
+
+#[cfg(all(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+pub mod bank;
