@@ -1,0 +1,601 @@
+//! `MemoryStore` through `#[idempotent]` against a hand-written minimal protocol on a raw
+//! moka cache, in the same run. The figure that matters is the ratio (BENCHMARKS.md).
+//!
+//! Both sides do the same work per call: a SHA-256 digest of `(namespace, scope, key)`, a
+//! 256-bit fingerprint of the request, the moka operations, bincode 2 for the output.
+//!
+//! - fresh key, baseline: `entry(k).or_insert_with(in-progress)` (atomic insert-if-absent) +
+//!   `insert(k, completed)`; `baseline_get_first` also does the `get` a single function
+//!   that serves replays too would do first (for information).
+//! - replay, baseline: `get` + 32-byte fingerprint compare + bincode decode.
+//! - 16 tasks on a 2-worker runtime, fresh distinct keys: throughput of both, timed in CPU
+//!   time of the whole process (both workers), so the figure is CPU time per call and
+//!   throughput is its inverse (times 2 cores).
+//! - parts: each step on its own (key digest, fingerprint, each moka operation), to tell
+//!   where the time goes.
+//!
+//! Times are CPU time (`benches/support`), not wall-clock: the machine's 2 cores are shared.
+//! `IDEM_BENCH_WALL=1` times wall-clock instead.
+//!
+//! The baseline cache is configured as `MemoryStore`'s (1M capacity, LRU, per-entry expiry
+//! at the record's deadline), so the ratio is idem's own cost, not moka's configuration.
+//! Each sample gets a new store, so the fresh path does not grow one cache without bound.
+
+mod support;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use idem::{MemoryStore, idempotent};
+use moka::future::Cache;
+use moka::ops::compute::Op;
+use moka::policy::{EvictionPolicy, Expiry};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use support::Clock;
+
+/// A realistic small request: ~100 bytes in bincode.
+#[derive(Clone, Serialize)]
+struct Transfer {
+    request_id: String,
+    user_id: u64,
+    account: String,
+    amount_cents: u64,
+    memo: String,
+}
+
+/// A realistic small output: ~50 bytes in bincode.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Receipt {
+    transfer_id: String,
+    amount_cents: u64,
+    status: String,
+    settled_at: u64,
+}
+
+fn request(id: u64) -> Transfer {
+    Transfer {
+        request_id: format!("req-{id:016x}"),
+        user_id: 42_424,
+        account: "acct_1N4xY7LkQz9w2B".to_owned(),
+        amount_cents: 125_000,
+        memo: "invoice 2024-11, consulting services".to_owned(),
+    }
+}
+
+/// The body, identical on both sides.
+fn settle(req: &Transfer) -> Receipt {
+    Receipt {
+        transfer_id: format!("tr_{}", req.request_id),
+        amount_cents: req.amount_cents,
+        status: "settled".to_owned(),
+        settled_at: 1_733_000_000,
+    }
+}
+
+#[idempotent(key = req.request_id, scope = req.user_id, store = store)]
+async fn transfer(store: &MemoryStore, req: Transfer) -> Result<Receipt, idem::Error> {
+    Ok(settle(&req))
+}
+
+// ---------------------------------------------------------------------------------------
+// The hand-written baseline.
+
+const TTL: Duration = Duration::from_secs(24 * 60 * 60);
+const LEASE: Duration = Duration::from_secs(30);
+const NAMESPACE: &[u8] = b"memory::transfer";
+
+enum Slot {
+    InProgress {
+        #[allow(dead_code)] // a real protocol fences `complete` with it
+        token: u64,
+        fingerprint: [u8; 32],
+        lease_until: Instant,
+    },
+    Completed {
+        fingerprint: [u8; 32],
+        output: Vec<u8>,
+        expires_at: Instant,
+    },
+}
+
+impl Slot {
+    fn deadline(&self) -> Instant {
+        match self {
+            Slot::InProgress { lease_until, .. } => *lease_until,
+            Slot::Completed { expires_at, .. } => *expires_at,
+        }
+    }
+}
+
+/// The same per-entry expiry `MemoryStore` uses.
+struct UntilDeadline;
+
+impl Expiry<[u8; 32], Arc<Slot>> for UntilDeadline {
+    fn expire_after_create(&self, _: &[u8; 32], slot: &Arc<Slot>, _: Instant) -> Option<Duration> {
+        Some(slot.deadline().saturating_duration_since(Instant::now()) + Duration::from_secs(1))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &[u8; 32],
+        slot: &Arc<Slot>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(slot.deadline().saturating_duration_since(Instant::now()) + Duration::from_secs(1))
+    }
+}
+
+#[derive(Clone)]
+struct Baseline {
+    cache: Cache<[u8; 32], Arc<Slot>>,
+    tokens: Arc<AtomicU64>,
+}
+
+#[derive(Debug)]
+enum BaselineError {
+    InProgress,
+    Mismatch,
+    Codec,
+}
+
+impl Baseline {
+    fn new() -> Self {
+        Baseline {
+            cache: Cache::builder()
+                .max_capacity(1_000_000)
+                .eviction_policy(EvictionPolicy::lru())
+                .expire_after(UntilDeadline)
+                .build(),
+            tokens: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    fn key(req: &Transfer) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(NAMESPACE);
+        h.update(req.user_id.to_le_bytes());
+        h.update((req.request_id.len() as u64).to_le_bytes());
+        h.update(req.request_id.as_bytes());
+        h.finalize().into()
+    }
+
+    fn fingerprint(req: &Transfer) -> [u8; 32] {
+        let bytes = bincode::serde::encode_to_vec(req, bincode::config::standard()).unwrap();
+        Sha256::digest(&bytes).into()
+    }
+
+    /// Fresh key: insert-if-absent, run, update.
+    async fn fresh(&self, req: Transfer) -> Result<Receipt, BaselineError> {
+        let key = Self::key(&req);
+        let fingerprint = Self::fingerprint(&req);
+        self.claim_and_run(key, fingerprint, req).await
+    }
+
+    /// What one hand-written function serving both paths does: `get` first.
+    async fn get_first(&self, req: Transfer) -> Result<Receipt, BaselineError> {
+        let key = Self::key(&req);
+        let fingerprint = Self::fingerprint(&req);
+        if let Some(slot) = self.cache.get(&key).await {
+            return Self::replay_slot(&slot, &fingerprint);
+        }
+        self.claim_and_run(key, fingerprint, req).await
+    }
+
+    async fn claim_and_run(
+        &self,
+        key: [u8; 32],
+        fingerprint: [u8; 32],
+        req: Transfer,
+    ) -> Result<Receipt, BaselineError> {
+        let token = self.tokens.fetch_add(1, Ordering::Relaxed);
+        let entry = self
+            .cache
+            .entry(key)
+            .or_insert_with(async {
+                Arc::new(Slot::InProgress {
+                    token,
+                    fingerprint,
+                    lease_until: Instant::now() + LEASE,
+                })
+            })
+            .await;
+        if !entry.is_fresh() {
+            return Self::replay_slot(&entry.into_value(), &fingerprint);
+        }
+        let receipt = settle(&req);
+        let output = bincode::serde::encode_to_vec(&receipt, bincode::config::standard())
+            .map_err(|_| BaselineError::Codec)?;
+        self.cache
+            .insert(
+                key,
+                Arc::new(Slot::Completed {
+                    fingerprint,
+                    output,
+                    expires_at: Instant::now() + TTL,
+                }),
+            )
+            .await;
+        Ok(receipt)
+    }
+
+    /// Replay: `get`, compare the fingerprint, decode.
+    async fn replay(&self, req: Transfer) -> Result<Receipt, BaselineError> {
+        let key = Self::key(&req);
+        let fingerprint = Self::fingerprint(&req);
+        match self.cache.get(&key).await {
+            Some(slot) => Self::replay_slot(&slot, &fingerprint),
+            None => unreachable!("the replay bench pre-records its key"),
+        }
+    }
+
+    fn replay_slot(slot: &Slot, fingerprint: &[u8; 32]) -> Result<Receipt, BaselineError> {
+        match slot {
+            Slot::Completed {
+                fingerprint: recorded,
+                output,
+                ..
+            } => {
+                if recorded != fingerprint {
+                    return Err(BaselineError::Mismatch);
+                }
+                let (receipt, _) =
+                    bincode::serde::decode_from_slice(output, bincode::config::standard())
+                        .map_err(|_| BaselineError::Codec)?;
+                Ok(receipt)
+            }
+            Slot::InProgress {
+                fingerprint: owner, ..
+            } if owner != fingerprint => Err(BaselineError::Mismatch),
+            Slot::InProgress { .. } => Err(BaselineError::InProgress),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn sizes() {
+    let req = request(0);
+    let req_len = bincode::serde::encode_to_vec(&req, bincode::config::standard())
+        .unwrap()
+        .len();
+    let out_len = bincode::serde::encode_to_vec(settle(&req), bincode::config::standard())
+        .unwrap()
+        .len();
+    eprintln!("memory bench: request {req_len} B, output {out_len} B (bincode)");
+}
+
+/// Distinct keys across every sample of the process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+fn fresh_requests(n: u64) -> Vec<Transfer> {
+    let start = NEXT_ID.fetch_add(n, Ordering::Relaxed);
+    (start..start + n).map(request).collect()
+}
+
+fn bench_fresh(c: &mut Criterion) {
+    sizes();
+    let rt = current_thread();
+    let mut group = c.benchmark_group("memory/fresh");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("idem", |b| {
+        b.iter_custom(|iters| {
+            let store = MemoryStore::new();
+            let reqs = fresh_requests(iters);
+            rt.block_on(async {
+                let start = Clock::thread();
+                for req in reqs {
+                    black_box(transfer(&store, req).await.unwrap());
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.bench_function("baseline", |b| {
+        b.iter_custom(|iters| {
+            let base = Baseline::new();
+            let reqs = fresh_requests(iters);
+            rt.block_on(async {
+                let start = Clock::thread();
+                for req in reqs {
+                    black_box(base.fresh(req).await.unwrap());
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.bench_function("baseline_get_first", |b| {
+        b.iter_custom(|iters| {
+            let base = Baseline::new();
+            let reqs = fresh_requests(iters);
+            rt.block_on(async {
+                let start = Clock::thread();
+                for req in reqs {
+                    black_box(base.get_first(req).await.unwrap());
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+}
+
+fn bench_replay(c: &mut Criterion) {
+    let rt = current_thread();
+    let mut group = c.benchmark_group("memory/replay");
+    group.throughput(Throughput::Elements(1));
+
+    let store = MemoryStore::new();
+    let base = Baseline::new();
+    let recorded = rt.block_on(async {
+        let a = transfer(&store, request(u64::MAX)).await.unwrap();
+        let b = base.fresh(request(u64::MAX)).await.unwrap();
+        assert_eq!(a, b);
+        a
+    });
+
+    group.bench_function("idem", |b| {
+        b.iter_custom(|iters| {
+            let reqs = vec![request(u64::MAX); iters as usize];
+            rt.block_on(async {
+                let start = Clock::thread();
+                for req in reqs {
+                    black_box(transfer(&store, req).await.unwrap());
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.bench_function("baseline", |b| {
+        b.iter_custom(|iters| {
+            let reqs = vec![request(u64::MAX); iters as usize];
+            rt.block_on(async {
+                let start = Clock::thread();
+                for req in reqs {
+                    black_box(base.replay(req).await.unwrap());
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+
+    // The record outlived the run and still replays the same result.
+    rt.block_on(async {
+        assert_eq!(transfer(&store, request(u64::MAX)).await.unwrap(), recorded);
+    });
+}
+
+/// Where the time goes, for the diagnosis in BENCHMARKS.md: each step of a call on its own.
+fn bench_parts(c: &mut Criterion) {
+    let rt = current_thread();
+    let mut group = c.benchmark_group("memory/parts");
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
+    let req = request(7);
+
+    group.bench_function("key/idem", |b| {
+        b.iter_custom(|iters| {
+            support::time(iters, || {
+                idem::Key::scoped(
+                    "memory::transfer",
+                    &black_box(&req).user_id,
+                    &req.request_id,
+                )
+                .unwrap()
+            })
+        })
+    });
+    group.bench_function("key/sha256", |b| {
+        b.iter_custom(|iters| support::time(iters, || Baseline::key(black_box(&req))))
+    });
+    group.bench_function("fingerprint/idem", |b| {
+        b.iter_custom(|iters| {
+            support::time(iters, || idem::Fingerprint::of(black_box(&req)).unwrap())
+        })
+    });
+    group.bench_function("fingerprint/bincode+sha256", |b| {
+        b.iter_custom(|iters| support::time(iters, || Baseline::fingerprint(black_box(&req))))
+    });
+
+    let slot = || {
+        Arc::new(Slot::InProgress {
+            token: 1,
+            fingerprint: [7; 32],
+            lease_until: Instant::now() + LEASE,
+        })
+    };
+    // `iters` distinct keys, recorded in a new cache first when `preload`.
+    let keys = |iters: u64, preload: bool| {
+        let cache = Baseline::new().cache;
+        let keys: Vec<[u8; 32]> = fresh_requests(iters).iter().map(Baseline::key).collect();
+        if preload {
+            rt.block_on(async {
+                for k in &keys {
+                    cache.insert(*k, slot()).await;
+                }
+            });
+        }
+        (cache, keys)
+    };
+    group.bench_function("moka/get_miss", |b| {
+        b.iter_custom(|iters| {
+            let (cache, keys) = keys(iters, false);
+            rt.block_on(async {
+                let start = Clock::thread();
+                for k in &keys {
+                    black_box(cache.get(k).await);
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.bench_function("moka/get_hit", |b| {
+        b.iter_custom(|iters| {
+            let (cache, keys) = keys(iters, true);
+            rt.block_on(async {
+                let start = Clock::thread();
+                for k in &keys {
+                    black_box(cache.get(k).await);
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.bench_function("moka/or_insert_with_new", |b| {
+        b.iter_custom(|iters| {
+            let (cache, keys) = keys(iters, false);
+            rt.block_on(async {
+                let start = Clock::thread();
+                for k in keys {
+                    black_box(
+                        cache
+                            .entry(k)
+                            .or_insert_with(async { slot() })
+                            .await
+                            .is_fresh(),
+                    );
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.bench_function("moka/insert_new", |b| {
+        b.iter_custom(|iters| {
+            let (cache, keys) = keys(iters, false);
+            rt.block_on(async {
+                let start = Clock::thread();
+                for k in keys {
+                    cache.insert(k, slot()).await;
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.bench_function("moka/insert_existing", |b| {
+        b.iter_custom(|iters| {
+            let (cache, keys) = keys(iters, true);
+            rt.block_on(async {
+                let start = Clock::thread();
+                for k in keys {
+                    cache.insert(k, slot()).await;
+                }
+                start.elapsed()
+            })
+        })
+    });
+    for (name, preload) in [
+        ("moka/and_compute_with_new", false),
+        ("moka/and_compute_with_existing", true),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let (cache, keys) = keys(iters, preload);
+                rt.block_on(async {
+                    let start = Clock::thread();
+                    for k in keys {
+                        black_box(
+                            cache
+                                .entry(k)
+                                .and_compute_with(|_| std::future::ready(Op::Put(slot())))
+                                .await,
+                        );
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+const TASKS: u64 = 16;
+
+fn bench_concurrent(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("memory/fresh_16_tasks");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(50);
+    // CPU time of the process is what both workers spent; per call, it is 2 / throughput.
+
+    group.bench_function(BenchmarkId::from_parameter("idem"), |b| {
+        b.iter_custom(|iters| {
+            let store = MemoryStore::new();
+            let per_task = iters.div_ceil(TASKS);
+            let batches: Vec<Vec<Transfer>> =
+                (0..TASKS).map(|_| fresh_requests(per_task)).collect();
+            let elapsed = rt.block_on(async {
+                let start = Clock::process();
+                let handles: Vec<_> = batches
+                    .into_iter()
+                    .map(|reqs| {
+                        let store = store.clone();
+                        tokio::spawn(async move {
+                            for req in reqs {
+                                black_box(transfer(&store, req).await.unwrap());
+                            }
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    h.await.unwrap();
+                }
+                start.elapsed()
+            });
+            // Report per requested iteration; a few extra ops from rounding up are noise.
+            elapsed.mul_f64(iters as f64 / (per_task * TASKS) as f64)
+        })
+    });
+    group.bench_function(BenchmarkId::from_parameter("baseline"), |b| {
+        b.iter_custom(|iters| {
+            let base = Baseline::new();
+            let per_task = iters.div_ceil(TASKS);
+            let batches: Vec<Vec<Transfer>> =
+                (0..TASKS).map(|_| fresh_requests(per_task)).collect();
+            let elapsed = rt.block_on(async {
+                let start = Clock::process();
+                let handles: Vec<_> = batches
+                    .into_iter()
+                    .map(|reqs| {
+                        let base = base.clone();
+                        tokio::spawn(async move {
+                            for req in reqs {
+                                black_box(base.fresh(req).await.unwrap());
+                            }
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    h.await.unwrap();
+                }
+                start.elapsed()
+            });
+            elapsed.mul_f64(iters as f64 / (per_task * TASKS) as f64)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_fresh,
+    bench_replay,
+    bench_concurrent,
+    bench_parts
+);
+criterion_main!(benches);
