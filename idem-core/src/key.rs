@@ -105,7 +105,11 @@ impl Preview {
 impl fmt::Write for Preview {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         self.push(s);
-        if self.truncated { Err(fmt::Error) } else { Ok(()) }
+        if self.truncated {
+            Err(fmt::Error)
+        } else {
+            Ok(())
+        }
     }
 }
 

@@ -182,7 +182,11 @@ impl MemoryStore {
                         }
                         let token = self.next_token();
                         claim = Some(Claim::Claimed(token));
-                        Op::Put(Arc::new(Slot::in_progress(token, *fingerprint, now + lease)))
+                        Op::Put(Arc::new(Slot::in_progress(
+                            token,
+                            *fingerprint,
+                            now + lease,
+                        )))
                     }
                 };
                 std::future::ready(op)
@@ -243,7 +247,11 @@ impl Store for MemoryStore {
             .or_insert_with(async {
                 let fresh = self.next_token();
                 token = Some(fresh);
-                Arc::new(Slot::in_progress(fresh, *fingerprint, Instant::now() + lease))
+                Arc::new(Slot::in_progress(
+                    fresh,
+                    *fingerprint,
+                    Instant::now() + lease,
+                ))
             })
             .await;
         if entry.is_fresh()
