@@ -28,7 +28,6 @@ use idem::{MemoryStore, idempotent};
 use moka::future::Cache;
 use moka::ops::compute::Op;
 use moka::policy::{EvictionPolicy, Expiry};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::hint::black_box;
 use std::sync::Arc;
@@ -36,44 +35,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use support::Clock;
 
-/// A realistic small request: ~100 bytes in bincode.
-#[derive(Clone, Serialize)]
-struct Transfer {
-    request_id: String,
-    user_id: u64,
-    account: String,
-    amount_cents: u64,
-    memo: String,
-}
-
-/// A realistic small output: ~50 bytes in bincode.
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
-struct Receipt {
-    transfer_id: String,
-    amount_cents: u64,
-    status: String,
-    settled_at: u64,
-}
-
-fn request(id: u64) -> Transfer {
-    Transfer {
-        request_id: format!("req-{id:016x}"),
-        user_id: 42_424,
-        account: "acct_1N4xY7LkQz9w2B".to_owned(),
-        amount_cents: 125_000,
-        memo: "invoice 2024-11, consulting services".to_owned(),
-    }
-}
-
-/// The body, identical on both sides.
-fn settle(req: &Transfer) -> Receipt {
-    Receipt {
-        transfer_id: format!("tr_{}", req.request_id),
-        amount_cents: req.amount_cents,
-        status: "settled".to_owned(),
-        settled_at: 1_733_000_000,
-    }
-}
+#[path = "support/payload.rs"]
+mod payload;
+use payload::{Receipt, Transfer, request, settle};
 
 #[idempotent(key = req.request_id, scope = req.user_id, store = store)]
 async fn transfer(store: &MemoryStore, req: Transfer) -> Result<Receipt, idem::Error> {

@@ -34,7 +34,6 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use idem::idempotent;
 use idem::sqlx::{MySqlStore, PgStore, SqliteStore};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -66,44 +65,9 @@ const MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/test";
 // ---------------------------------------------------------------------------------------
 // The call, the same on both sides.
 
-/// A realistic small request: ~100 bytes in bincode.
-#[derive(Clone, Serialize)]
-struct Transfer {
-    request_id: String,
-    user_id: u64,
-    account: String,
-    amount_cents: u64,
-    memo: String,
-}
-
-/// A realistic small output: ~50 bytes in bincode.
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
-struct Receipt {
-    transfer_id: String,
-    amount_cents: u64,
-    status: String,
-    settled_at: u64,
-}
-
-fn request(id: u64) -> Transfer {
-    Transfer {
-        request_id: format!("req-{id:016x}"),
-        user_id: 42_424,
-        account: "acct_1N4xY7LkQz9w2B".to_owned(),
-        amount_cents: 125_000,
-        memo: "invoice 2024-11, consulting services".to_owned(),
-    }
-}
-
-/// The body, identical on both sides.
-fn settle(req: &Transfer) -> Receipt {
-    Receipt {
-        transfer_id: format!("tr_{}", req.request_id),
-        amount_cents: req.amount_cents,
-        status: "settled".to_owned(),
-        settled_at: 1_733_000_000,
-    }
-}
+#[path = "support/payload.rs"]
+mod payload;
+use payload::{Receipt, Transfer, request, settle};
 
 #[idempotent(key = req.request_id, scope = req.user_id, store = store)]
 async fn transfer_sqlite(store: &SqliteStore, req: Transfer) -> Result<Receipt, idem::Error> {
