@@ -4,6 +4,8 @@ use async_trait::async_trait;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+#[cfg(feature = "moka")]
+use crate::MemoryStore;
 use crate::store::{Claim, Output, Store, Token};
 use crate::{Fingerprint, Key, StoreError};
 
@@ -70,5 +72,10 @@ impl Store for DefaultStore {
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         self.get()?.purge_expired().await
+    }
+
+    #[cfg(feature = "moka")]
+    fn as_memory(&self) -> Option<&MemoryStore> {
+        self.get().ok()?.as_memory()
     }
 }

@@ -138,10 +138,7 @@ impl<S: Store + ?Sized> Call<'_, S> {
     async fn acquire(&self) -> Result<Acquired, Error> {
         let mut patience = Patience::new(self.options);
         loop {
-            let claim = self
-                .store
-                .claim(self.key, self.fingerprint, self.options.lease)
-                .await;
+            let claim = self.claim().await;
             if let Some(acquired) = self.settle(claim, &mut patience).await? {
                 return Ok(acquired);
             }
@@ -266,6 +263,35 @@ impl<S: Store + ?Sized> Call<'_, S> {
         }
     }
 
+    // The store calls of every call: the built-in `MemoryStore`'s are awaited in place,
+    // without `#[async_trait]`'s box (see `Store::as_memory`).
+
+    async fn claim(&self) -> Result<Claim, StoreError> {
+        let lease = self.options.lease;
+        #[cfg(feature = "moka")]
+        if let Some(memory) = self.store.as_memory() {
+            return memory.claim_inline(self.key, self.fingerprint, lease).await;
+        }
+        self.store.claim(self.key, self.fingerprint, lease).await
+    }
+
+    async fn complete(&self, token: Token, output: Output) -> Result<(), StoreError> {
+        let ttl = self.options.ttl;
+        #[cfg(feature = "moka")]
+        if let Some(memory) = self.store.as_memory() {
+            return memory.complete_inline(self.key, token, output, ttl).await;
+        }
+        self.store.complete(self.key, token, output, ttl).await
+    }
+
+    async fn store_release(&self, token: Token) -> Result<(), StoreError> {
+        #[cfg(feature = "moka")]
+        if let Some(memory) = self.store.as_memory() {
+            return memory.release_inline(self.key, token).await;
+        }
+        self.store.release(self.key, token).await
+    }
+
     async fn heartbeat(&self, token: Token) -> Infallible {
         let lease = self.options.lease;
         let period = (lease / 3).max(Duration::from_millis(1));
@@ -292,11 +318,7 @@ impl<S: Store + ?Sized> Call<'_, S> {
     /// caller still gets the body's result.
     async fn record(&self, token: Token, outcome: Recorded, bytes: bytes::Bytes) {
         let output = Output { outcome, bytes };
-        match self
-            .store
-            .complete(self.key, token, output, self.options.ttl)
-            .await
-        {
+        match self.complete(token, output).await {
             Ok(()) => self.outcome(Outcome::Executed),
             Err(StoreError::LeaseLost) => {
                 tracing::warn!("lease lost: another call took the record over; not recorded");
@@ -310,7 +332,7 @@ impl<S: Store + ?Sized> Call<'_, S> {
     }
 
     async fn release(&self, token: Token) {
-        match self.store.release(self.key, token).await {
+        match self.store_release(token).await {
             Ok(()) => {}
             Err(StoreError::LeaseLost) => self.outcome(Outcome::LeaseLost),
             Err(e) => observe::store_error(self.options.namespace, "release", &e),

@@ -2,14 +2,13 @@
 
 use async_trait::async_trait;
 use moka::future::Cache;
-use moka::ops::compute::Op;
 use moka::policy::{EvictionPolicy, Expiry};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{Mutex, watch};
 
 use crate::store::{Busy, Claim, Output, Record, Store, Token, Waiter};
 use crate::{Fingerprint, Key, KeyDigest, StoreError};
@@ -20,16 +19,23 @@ const GRACE: Duration = Duration::from_secs(1);
 
 /// The in-memory store: exactly-once within one process.
 ///
-/// Built on moka's `future::Cache`: claim, complete, renew and release are atomic per key
-/// (`and_compute_with`); a replay is one lock-free read. Entries expire with their lease
+/// Built on moka's `future::Cache`: a replay is one lock-free read; claim, complete, renew
+/// and release read, check and write a key under a lock shared by 1/256 of the keys, so
+/// each is atomic per key. Entries expire with their lease
 /// or TTL, and at most `max_capacity` records are kept — past that the least recently used
 /// are evicted, so size it above the number of keys live within a TTL. Calls waiting on
 /// an in-progress key are woken when it completes, not polled.
 #[derive(Clone)]
 pub struct MemoryStore {
     cache: Cache<KeyDigest, Arc<Slot>>,
+    /// Every write of a key holds the lock of its stripe (picked by a digest byte). A plain
+    /// `get` + `insert` under it costs half of moka's own atomic operations
+    /// (`entry().or_insert_with` / `and_compute_with`), which lock per key internally.
+    stripes: Arc<[Mutex<()>]>,
     tokens: Arc<AtomicU64>,
 }
+
+const STRIPES: usize = 256;
 
 enum Slot {
     InProgress {
@@ -145,6 +151,7 @@ impl MemoryStore {
             .build();
         MemoryStore {
             cache,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             tokens: Arc::new(AtomicU64::new(1)),
         }
     }
@@ -158,155 +165,53 @@ impl MemoryStore {
         Token::new(self.tokens.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Claims a key whose record has expired, unless another claimer just did.
-    async fn take_over(
-        &self,
-        digest: KeyDigest,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-    ) -> Result<Claim, StoreError> {
-        let mut claim = None;
-        self.cache
-            .entry(digest)
-            .and_compute_with(|entry| {
-                let now = Instant::now();
-                let op = match entry.map(|e| e.into_value()) {
-                    Some(slot) if slot.is_live(now) => {
-                        claim = Some(live_claim(&slot, now));
-                        Op::Nop
-                    }
-                    stale => {
-                        // Waiters on an expired claim are woken to claim again.
-                        if let Some(Slot::InProgress { changed, .. }) = stale.as_deref() {
-                            changed.send_replace(true);
-                        }
-                        let token = self.next_token();
-                        claim = Some(Claim::Claimed(token));
-                        Op::Put(Arc::new(Slot::in_progress(
-                            token,
-                            *fingerprint,
-                            now + lease,
-                        )))
-                    }
-                };
-                std::future::ready(op)
-            })
-            .await;
-        claim.ok_or_else(|| StoreError::backend("claim", "moka did not run the claim"))
+    /// The lock every write of `key` holds. Moka's own expiry and eviction only remove
+    /// entries, which every reader treats as absent anyway.
+    fn stripe(&self, key: &KeyDigest) -> &Mutex<()> {
+        &self.stripes[usize::from(key.as_bytes()[0]) % STRIPES]
     }
 
-    /// Replaces the record `token` owns with `next` (or removes it), waking waiters.
-    async fn fenced(
-        &self,
-        key: &KeyDigest,
-        token: Token,
-        next: impl FnOnce(&Fingerprint) -> Option<Slot>,
-    ) -> Result<(), StoreError> {
-        let mut owned = false;
-        self.cache
-            .entry(*key)
-            .and_compute_with(|entry| {
-                let op = match entry.as_ref().and_then(|e| e.value().owned_by(token)) {
-                    Some((fingerprint, changed)) => {
-                        owned = true;
-                        changed.send_replace(true);
-                        match next(fingerprint) {
-                            Some(slot) => Op::Put(Arc::new(slot)),
-                            None => Op::Remove,
-                        }
-                    }
-                    None => Op::Nop,
-                };
-                std::future::ready(op)
-            })
-            .await;
-        if owned {
-            Ok(())
-        } else {
-            Err(StoreError::LeaseLost)
-        }
-    }
-}
-
-#[async_trait]
-impl Store for MemoryStore {
-    async fn claim(
+    /// [`Store::claim`]; the executor awaits it in place (see [`Store::as_memory`]).
+    pub(crate) async fn claim_inline(
         &self,
         key: &Key,
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let digest = *key.digest();
-        // One atomic insert-if-absent: a fresh key is claimed by it, a replay is a lookup
-        // (no per-key compute lock on either path).
-        let mut token = None;
-        // `entry_by_ref` allocates the cache's copy of the key only when it inserts.
-        let entry = self
-            .cache
-            .entry_by_ref(&digest)
-            .or_insert_with(async {
-                let fresh = self.next_token();
-                token = Some(fresh);
-                Arc::new(Slot::in_progress(
-                    fresh,
-                    *fingerprint,
-                    Instant::now() + lease,
-                ))
-            })
-            .await;
-        if entry.is_fresh()
-            && let Some(token) = token
-        {
-            return Ok(Claim::Claimed(token));
+        let digest = key.digest();
+        // A replay, or a call to wait for: one read, no lock.
+        if let Some(slot) = self.cache.get(digest).await {
+            let now = Instant::now();
+            if slot.is_live(now) {
+                return Ok(live_claim(&slot, now));
+            }
         }
+        let _writing = self.stripe(digest).lock().await;
+        // Read again under the lock: a racing claimer may have got there first.
         let now = Instant::now();
-        let slot = entry.into_value();
-        if slot.is_live(now) {
-            return Ok(live_claim(&slot, now));
+        let stale = match self.cache.get(digest).await {
+            Some(slot) if slot.is_live(now) => return Ok(live_claim(&slot, now)),
+            stale => stale,
+        };
+        let token = self.next_token();
+        let slot = Slot::in_progress(token, *fingerprint, now + lease);
+        self.cache.insert(*digest, Arc::new(slot)).await;
+        // Waiters on an expired claim are woken to claim again.
+        if let Some(Slot::InProgress { changed, .. }) = stale.as_deref() {
+            changed.send_replace(true);
         }
-        self.take_over(digest, fingerprint, lease).await
+        Ok(Claim::Claimed(token))
     }
 
-    async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
-        let mut renewed = false;
-        self.cache
-            .entry(*key.digest())
-            .and_compute_with(|entry| {
-                let op = match entry.as_ref().map(|e| &**e.value()) {
-                    Some(Slot::InProgress {
-                        token: owner,
-                        fingerprint,
-                        changed,
-                        ..
-                    }) if *owner == token => {
-                        renewed = true;
-                        Op::Put(Arc::new(Slot::InProgress {
-                            token,
-                            fingerprint: *fingerprint,
-                            lease_until: Instant::now() + lease,
-                            changed: changed.clone(),
-                        }))
-                    }
-                    _ => Op::Nop,
-                };
-                std::future::ready(op)
-            })
-            .await;
-        if renewed {
-            Ok(())
-        } else {
-            Err(StoreError::LeaseLost)
-        }
-    }
-
-    async fn complete(
+    /// [`Store::complete`], awaited in place by the executor.
+    pub(crate) async fn complete_inline(
         &self,
         key: &Key,
         token: Token,
         output: Output,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        self.fenced(key.digest(), token, |fingerprint| {
+        self.fenced(key.digest(), token, |fingerprint, _| {
             Some(Slot::Completed {
                 record: Record {
                     fingerprint: *fingerprint,
@@ -318,15 +223,79 @@ impl Store for MemoryStore {
         .await
     }
 
+    /// [`Store::release`], awaited in place by the executor.
+    pub(crate) async fn release_inline(&self, key: &Key, token: Token) -> Result<(), StoreError> {
+        self.fenced(key.digest(), token, |_, _| None).await
+    }
+
+    /// Replaces the record `token` owns with `next` (or removes it); waiters are woken
+    /// unless it is still in progress.
+    async fn fenced(
+        &self,
+        key: &KeyDigest,
+        token: Token,
+        next: impl FnOnce(&Fingerprint, &Arc<watch::Sender<bool>>) -> Option<Slot>,
+    ) -> Result<(), StoreError> {
+        let _writing = self.stripe(key).lock().await;
+        let slot = self.cache.get(key).await;
+        let Some((fingerprint, changed)) = slot.as_deref().and_then(|s| s.owned_by(token)) else {
+            return Err(StoreError::LeaseLost);
+        };
+        match next(fingerprint, changed) {
+            Some(next @ Slot::InProgress { .. }) => {
+                self.cache.insert(*key, Arc::new(next)).await;
+                return Ok(());
+            }
+            Some(next) => self.cache.insert(*key, Arc::new(next)).await,
+            None => self.cache.invalidate(key).await,
+        }
+        changed.send_replace(true);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn claim(
+        &self,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        self.claim_inline(key, fingerprint, lease).await
+    }
+
+    async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
+        self.fenced(key.digest(), token, |fingerprint, changed| {
+            Some(Slot::InProgress {
+                token,
+                fingerprint: *fingerprint,
+                lease_until: Instant::now() + lease,
+                changed: changed.clone(),
+            })
+        })
+        .await
+    }
+
+    async fn complete(
+        &self,
+        key: &Key,
+        token: Token,
+        output: Output,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.complete_inline(key, token, output, ttl).await
+    }
+
     async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
-        self.fenced(key.digest(), token, |_| None).await
+        self.release_inline(key, token).await
     }
 
     fn release_on_drop(&self, key: &Key, token: Token) {
         let store = self.clone();
         let digest = *key.digest();
         let mut release = Box::pin(async move {
-            let _ = store.fenced(&digest, token, |_| None).await;
+            let _ = store.fenced(&digest, token, |_, _| None).await;
         });
         // Usually done in the first poll, so the next call finds the key free; else it
         // finishes on the runtime (and failing that, the lease expires).
@@ -350,23 +319,20 @@ impl Store for MemoryStore {
             .collect();
         let mut purged = 0;
         for key in expired {
-            let mut removed = false;
-            self.cache
-                .entry(key)
-                .and_compute_with(|entry| {
-                    let op = match entry {
-                        Some(e) if !e.value().is_live(Instant::now()) => {
-                            removed = true;
-                            Op::Remove
-                        }
-                        _ => Op::Nop,
-                    };
-                    std::future::ready(op)
-                })
-                .await;
-            purged += u64::from(removed);
+            let _writing = self.stripe(&key).lock().await;
+            // Claimed again since the scan: not ours to remove.
+            if let Some(slot) = self.cache.get(&key).await
+                && !slot.is_live(Instant::now())
+            {
+                self.cache.invalidate(&key).await;
+                purged += 1;
+            }
         }
         self.cache.run_pending_tasks().await;
         Ok(purged)
+    }
+
+    fn as_memory(&self) -> Option<&MemoryStore> {
+        Some(self)
     }
 }
