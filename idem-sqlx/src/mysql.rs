@@ -8,7 +8,7 @@ use sqlx::{Row, SqlStr, Transaction};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::found::{self, CLAIM_ATTEMPTS, Found, PURGE_BATCH, backend, fenced};
+use crate::found::{self, CLAIM_ATTEMPTS, ClaimOrder, Found, PURGE_BATCH, backend, fenced};
 use crate::table::Table;
 use crate::token;
 
@@ -21,19 +21,19 @@ use crate::token;
 ///
 /// # What a call costs
 ///
-/// A claim (outside a transaction; see below for inside one) reads first: one `SELECT` by
-/// primary key. A replay of a completed key is that one round trip and writes nothing (no
-/// lock, no commit, no fsync). A fresh key costs the read plus an `INSERT IGNORE` — two
-/// round trips and one commit — and then one fenced `UPDATE` to complete it; taking over an
-/// expired record is the read plus one `UPDATE … WHERE expires_at <= UTC_TIMESTAMP(6)`.
-/// That is one round trip more than `PgStore`'s
-/// single-statement claim on PostgreSQL, because MySQL has no statement that inserts *or*
-/// returns the existing row without writing it: `INSERT … ON DUPLICATE KEY UPDATE` locks and
-/// writes the existing row on every replay (and, since sqlx sets `CLIENT_FOUND_ROWS`, reports
-/// one row for a new key and for a duplicate alike, so it cannot tell a claim from a replay).
-/// Inserting first and reading only on a duplicate would make the fresh call one round trip
-/// but every replay two (an `INSERT IGNORE` of an existing key commits nothing, yet costs
-/// about what the read does); replays are the common case, so the read comes first.
+/// A claim (outside a transaction; see below for inside one) is two statements: one
+/// `SELECT` by primary key and one `INSERT IGNORE`, because MySQL has no statement that
+/// inserts *or* returns the existing row without writing it: `INSERT … ON DUPLICATE KEY
+/// UPDATE` locks and writes the existing row on every replay (and, since sqlx sets
+/// `CLIENT_FOUND_ROWS`, reports one row for a new key and for a duplicate alike, so it
+/// cannot tell a claim from a replay). Which goes first follows what the store's recent
+/// claims found. While they mostly find records (retries, redeliveries), the read goes
+/// first: a replay is that one round trip and writes nothing (no lock, no commit, no
+/// fsync), and a fresh key costs the read plus the insert. While they are mostly first
+/// calls, the insert goes first: a fresh key is that one round trip and one commit, and a
+/// replay costs the insert (which finds the key and commits nothing) plus the read. A fresh
+/// key is then completed by one fenced `UPDATE`; taking over an expired record costs one
+/// `UPDATE … WHERE expires_at <= UTC_TIMESTAMP(6)` more.
 ///
 /// `complete`, `renew` and `release` are one fenced statement each (`WHERE key_digest = ?
 /// AND token = ? AND state = 0`); they count the rows the `WHERE` matched
@@ -77,6 +77,7 @@ use crate::token;
 /// transactions take over the same expired record at once).
 #[derive(Clone)]
 pub struct MySqlStore {
+    order: Arc<ClaimOrder>,
     pool: MySqlPool,
     table: Table,
     sql: Arc<Statements>,
@@ -96,8 +97,7 @@ struct Statements {
 
 /// A claim's read of the key's row.
 const READ: &str = "SELECT state, fingerprint, outcome, output, \
-       expires_at > UTC_TIMESTAMP(6) AS live, \
-       TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) DIV 1000 AS remaining_ms \
+       TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) AS remaining_us \
      FROM {t} WHERE key_digest = ?";
 
 impl Statements {
@@ -166,6 +166,7 @@ impl MySqlStore {
     pub fn new(pool: MySqlPool) -> Self {
         let table = Table::default();
         MySqlStore {
+            order: Arc::default(),
             sql: Arc::new(Statements::new(&table)),
             pool,
             table,
@@ -176,6 +177,7 @@ impl MySqlStore {
     pub fn with_table(self, name: &str) -> Result<Self, Error> {
         let table = Table::new(name)?;
         Ok(MySqlStore {
+            order: Arc::default(),
             sql: Arc::new(Statements::new(&table)),
             pool: self.pool,
             table,
@@ -328,7 +330,8 @@ impl MySqlStore {
         let namespace = truncate_chars(key.namespace(), NAMESPACE_CHARS);
         let lease = found::micros(lease);
         let retry = |e: &sqlx::Error| mode == Mode::Plain && is_deadlock(e);
-        let mut insert_first = mode == Mode::InTx;
+        // In a transaction always, else as the store's `ClaimOrder` says.
+        let mut insert_first = mode == Mode::InTx || !self.order.read_first();
         for _ in 0..CLAIM_ATTEMPTS {
             if insert_first {
                 // Absent (or in a transaction, where an insert waits for a concurrent
@@ -374,10 +377,9 @@ impl MySqlStore {
                 fingerprint: row.try_get("fingerprint").map_err(column)?,
                 outcome: row.try_get("outcome").map_err(column)?,
                 output: row.try_get("output").map_err(column)?,
-                live: row.try_get::<i64, _>("live").map_err(column)? != 0,
-                remaining_ms: row.try_get("remaining_ms").map_err(column)?,
+                remaining_us: row.try_get("remaining_us").map_err(column)?,
             };
-            if found.live {
+            if found.live() {
                 return found.into_claim();
             }
             // Expired: take it over, unless another claimer just did (0 rows).
@@ -472,8 +474,10 @@ impl Store for MySqlStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(backend("claim"))?;
-        self.claim_on(&mut conn, key, fingerprint, lease, Mode::Plain)
-            .await
+        let claim = self
+            .claim_on(&mut conn, key, fingerprint, lease, Mode::Plain)
+            .await;
+        self.order.learn(claim)
     }
 
     async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {

@@ -3,12 +3,13 @@
 use async_trait::async_trait;
 use idem_core::{Claim, Error, Fingerprint, Key, Output, Store, StoreError, Token, TxStore};
 use sqlx::Transaction;
-use sqlx::postgres::{PgConnection, PgExecutor, PgPool, Postgres};
+use sqlx::postgres::types::PgInterval;
+use sqlx::postgres::{PgConnection, PgExecutor, PgPool, PgRow, Postgres};
 use sqlx::{Row, SqlStr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::found::{self, CLAIM_ATTEMPTS, Found, PURGE_BATCH, backend, fenced};
+use crate::found::{self, CLAIM_ATTEMPTS, ClaimOrder, Found, PURGE_BATCH, backend, fenced};
 use crate::table::Table;
 use crate::token;
 
@@ -21,12 +22,14 @@ use crate::token;
 /// writes nothing. All times come from the database's `now()`.
 #[derive(Clone)]
 pub struct PgStore {
+    order: Arc<ClaimOrder>,
     pool: PgPool,
     table: Table,
     sql: Arc<Statements>,
 }
 
 struct Statements {
+    read: SqlStr,
     claim: SqlStr,
     take_over: SqlStr,
     renew: SqlStr,
@@ -40,6 +43,11 @@ struct Statements {
 impl Statements {
     fn new(t: &Table) -> Self {
         Statements {
+            read: t.sql(
+                "SELECT state::int8 AS state, fingerprint, outcome::int8 AS outcome, output, \
+                        expires_at - now() AS remaining \
+                 FROM {t} WHERE key_digest = $1",
+            ),
             claim: t.sql(
                 "WITH ins AS ( \
                    INSERT INTO {t} (key_digest, namespace, key_preview, fingerprint, state, token, \
@@ -49,8 +57,7 @@ impl Statements {
                    RETURNING 1) \
                  SELECT EXISTS (SELECT 1 FROM ins) AS claimed, \
                         r.state::int8 AS state, r.fingerprint, r.outcome::int8 AS outcome, r.output, \
-                        r.expires_at > now() AS live, \
-                        (extract(epoch FROM r.expires_at - now()) * 1000)::int8 AS remaining_ms \
+                        r.expires_at - now() AS remaining \
                  FROM (SELECT 1) AS one LEFT JOIN {t} AS r ON r.key_digest = $1",
             ),
             take_over: t.sql(
@@ -98,6 +105,7 @@ impl PgStore {
     pub fn new(pool: PgPool) -> Self {
         let table = Table::default();
         PgStore {
+            order: Arc::default(),
             sql: Arc::new(Statements::new(&table)),
             pool,
             table,
@@ -108,6 +116,7 @@ impl PgStore {
     pub fn with_table(self, name: &str) -> Result<Self, Error> {
         let table = Table::new(name)?;
         Ok(PgStore {
+            order: Arc::default(),
             sql: Arc::new(Statements::new(&table)),
             pool: self.pool,
             table,
@@ -151,13 +160,55 @@ fn interval(d: Duration) -> Duration {
     Duration::from_micros(found::micros(d) as u64)
 }
 
+/// The record a claim's row shows, if the key has one.
+fn found(row: &PgRow) -> Result<Option<Found>, StoreError> {
+    let column = backend("claim");
+    let Some(state) = row.try_get::<Option<i64>, _>("state").map_err(column)? else {
+        return Ok(None);
+    };
+    let remaining: PgInterval = row.try_get("remaining").map_err(column)?;
+    Ok(Some(Found {
+        state,
+        fingerprint: row.try_get("fingerprint").map_err(column)?,
+        outcome: row.try_get("outcome").map_err(column)?,
+        output: row.try_get("output").map_err(column)?,
+        // Between two timestamps: days and microseconds, never months.
+        remaining_us: i64::from(remaining.days) * 86_400_000_000 + remaining.microseconds,
+    }))
+}
+
 fn token_value(token: Token) -> i64 {
     token.get() as i64
 }
 
 impl PgStore {
-    /// The claim on one connection: the pool's for plain mode, the transaction's in
-    /// transactional mode (where the insert blocks on a concurrent uncommitted claim).
+    /// The live record of the key, by a plain read, if the store's recent claims say a
+    /// record is likely (see [`ClaimOrder`]). The claim statement alone settles every case
+    /// in one round trip, and writes nothing when the key has a record; but a statement
+    /// with an `INSERT` costs the server more than a plain read (about 1.4× on a replay).
+    async fn read_first(
+        &self,
+        conn: &mut PgConnection,
+        key: &Key,
+    ) -> Result<Option<Claim>, StoreError> {
+        if !self.order.read_first() {
+            return Ok(None);
+        }
+        let row = sqlx::query(self.sql.read.clone())
+            .bind(&key.digest().as_bytes()[..])
+            .fetch_optional(conn)
+            .await
+            .map_err(backend("claim"))?;
+        let Some(row) = row else { return Ok(None) };
+        match found(&row)? {
+            Some(found) if found.live() => found.into_claim().map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// The claim statement on one connection: the pool's for plain mode, the
+    /// transaction's in transactional mode (where the insert blocks on a concurrent
+    /// uncommitted claim).
     async fn claim_on(
         &self,
         conn: &mut PgConnection,
@@ -179,24 +230,18 @@ impl PgStore {
                 .fetch_one(&mut *conn)
                 .await
                 .map_err(backend("claim"))?;
-            let column = backend("claim");
-            if row.try_get::<bool, _>("claimed").map_err(column)? {
+            if row
+                .try_get::<bool, _>("claimed")
+                .map_err(backend("claim"))?
+            {
                 return Ok(Claim::Claimed(Token::new(token as u64)));
             }
             // Not inserted, and not visible to this statement's snapshot: a concurrent
             // claim committed in between; read again.
-            let Some(state) = row.try_get::<Option<i64>, _>("state").map_err(column)? else {
+            let Some(found) = found(&row)? else {
                 continue;
             };
-            let found = Found {
-                state,
-                fingerprint: row.try_get("fingerprint").map_err(column)?,
-                outcome: row.try_get("outcome").map_err(column)?,
-                output: row.try_get("output").map_err(column)?,
-                live: row.try_get("live").map_err(column)?,
-                remaining_ms: row.try_get("remaining_ms").map_err(column)?,
-            };
-            if found.live {
+            if found.live() {
                 return found.into_claim();
             }
             // Expired: take it over, unless another claimer just did.
@@ -282,7 +327,11 @@ impl Store for PgStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(backend("claim"))?;
-        self.claim_on(&mut conn, key, fingerprint, lease).await
+        if let Some(claim) = self.read_first(&mut conn, key).await? {
+            return self.order.learn(Ok(claim));
+        }
+        let claim = self.claim_on(&mut conn, key, fingerprint, lease).await;
+        self.order.learn(claim)
     }
 
     async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
@@ -356,8 +405,12 @@ impl<'c> TxStore<Transaction<'c, Postgres>> for PgStore {
         lease: Duration,
         wait: Duration,
     ) -> Result<Claim, StoreError> {
-        // `wait` is the lock timeout of this claim only; the transaction's own setting is
-        // put back afterwards.
+        // A record committed before this transaction's snapshot: no lock to wait for.
+        if let Some(claim) = self.read_first(tx, key).await? {
+            return self.order.learn(Ok(claim));
+        }
+        // `wait` is the lock timeout of the claim statement only; the transaction's own
+        // setting is put back afterwards.
         let previous: String = sqlx::query_scalar(
             "WITH previous AS MATERIALIZED (SELECT current_setting('lock_timeout') AS value) \
              SELECT value FROM previous, LATERAL (SELECT set_config('lock_timeout', $1, true)) AS set",
@@ -366,10 +419,8 @@ impl<'c> TxStore<Transaction<'c, Postgres>> for PgStore {
         .fetch_one(&mut **tx)
         .await
         .map_err(backend("claim"))?;
-        let claim = self
-            .claim_on(tx, key, fingerprint, lease)
-            .await
-            .map_err(|e| lock_timeout(e, wait))?;
+        let claim = self.claim_on(tx, key, fingerprint, lease).await;
+        let claim = self.order.learn(claim).map_err(|e| lock_timeout(e, wait))?;
         sqlx::query("SELECT set_config('lock_timeout', $1, true)")
             .bind(previous)
             .execute(&mut **tx)

@@ -8,7 +8,7 @@ use sqlx::{Row, SqlStr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::found::{self, CLAIM_ATTEMPTS, Found, PURGE_BATCH, backend, fenced};
+use crate::found::{self, CLAIM_ATTEMPTS, ClaimOrder, Found, PURGE_BATCH, backend, fenced};
 use crate::table::Table;
 use crate::token;
 
@@ -21,11 +21,16 @@ const NOW: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS IN
 /// database file.
 ///
 /// Built from your pool; create the table with [`migrate`](SqliteStore::migrate). A claim
-/// first reads the key (`SELECT` by primary key), so a replay is one read that writes
-/// nothing; only a key that is absent or expired is claimed, with one
+/// is two statements on one connection: a read of the key (`SELECT` by primary key) and one
 /// `INSERT … ON CONFLICT DO UPDATE … WHERE expired` that inserts the record or takes over
-/// the expired one — SQLite runs writers one at a time, so exactly one concurrent claimer
-/// wins. A fresh call therefore costs that read, that insert and one fenced `UPDATE`.
+/// an expired one, and leaves a live one alone — SQLite runs writers one at a time, so
+/// exactly one concurrent claimer wins. Which goes first follows the store's recent
+/// claims. While they mostly find records (retries, redeliveries; and when the store is
+/// new), the read: a replay is that one read and writes nothing, a fresh call costs the
+/// read, the insert and one fenced `UPDATE`. While they are mostly first calls, the
+/// insert: a fresh call costs the insert and the `UPDATE`, and a replay the insert (which
+/// changes nothing and commits no page, but waits for SQLite's one write lock like any
+/// writer) and the read.
 ///
 /// SQLite has no timestamp type: deadlines are INTEGER milliseconds since the Unix epoch,
 /// always computed by SQLite's own clock (`julianday('now')`), never the application's.
@@ -89,6 +94,7 @@ const NOW: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS IN
 /// progress holds the write lock that call needs to finish.
 #[derive(Clone)]
 pub struct SqliteStore {
+    order: Arc<ClaimOrder>,
     pool: SqlitePool,
     table: Table,
     sql: Arc<Statements>,
@@ -110,7 +116,7 @@ impl Statements {
         let sql = |template: &str| t.sql(&template.replace("{now}", NOW));
         Statements {
             read: sql("SELECT state, fingerprint, outcome, output, \
-                        expires_at > {now} AS live, expires_at - {now} AS remaining_ms \
+                        (expires_at - {now}) * 1000 AS remaining_us \
                  FROM {t} WHERE key_digest = ?1"),
             // Inserts a fresh record, or takes over an expired one; a live one is left
             // alone (0 rows affected).
@@ -159,6 +165,7 @@ impl SqliteStore {
     pub fn new(pool: SqlitePool) -> Self {
         let table = Table::default();
         SqliteStore {
+            order: Arc::default(),
             sql: Arc::new(Statements::new(&table)),
             pool,
             table,
@@ -169,6 +176,7 @@ impl SqliteStore {
     pub fn with_table(self, name: &str) -> Result<Self, Error> {
         let table = Table::new(name)?;
         Ok(SqliteStore {
+            order: Arc::default(),
             sql: Arc::new(Statements::new(&table)),
             pool: self.pool,
             table,
@@ -241,14 +249,14 @@ impl SqliteStore {
             fingerprint: row.try_get("fingerprint").map_err(read)?,
             outcome: row.try_get("outcome").map_err(read)?,
             output: row.try_get("output").map_err(read)?,
-            live: row.try_get("live").map_err(read)?,
-            remaining_ms: row.try_get("remaining_ms").map_err(read)?,
+            remaining_us: row.try_get("remaining_us").map_err(read)?,
         }))
     }
 
     /// The claim on one connection: a pool's for plain mode, the transaction's in
     /// transactional mode (where the transaction already holds the write lock, so nothing
-    /// can change between the read and the insert).
+    /// can change between the read and the insert). It reads or inserts first as the
+    /// store's [`ClaimOrder`] says.
     async fn claim_on(
         &self,
         conn: &mut SqliteConnection,
@@ -259,13 +267,15 @@ impl SqliteStore {
         let token = token::fresh();
         let digest = &key.digest().as_bytes()[..];
         let lease = millis(lease);
+        let mut read = self.order.read_first();
         for _ in 0..CLAIM_ATTEMPTS {
-            // Read first: a replay (or a busy key) writes nothing.
-            if let Some(found) = self.read_on(&mut *conn, digest).await?
-                && found.live
+            if read
+                && let Some(found) = self.read_on(&mut *conn, digest).await?
+                && found.live()
             {
                 return found.into_claim();
             }
+            read = true;
             // Absent or expired: insert it, or take the expired record over.
             let claimed = sqlx::query(self.sql.claim.clone())
                 .bind(digest)
@@ -280,7 +290,7 @@ impl SqliteStore {
             if claimed.rows_affected() == 1 {
                 return Ok(Claim::Claimed(Token::new(token as u64)));
             }
-            // A concurrent claim made the record live in between: read it again.
+            // Live, or made live by a concurrent claim in between: read it.
         }
         Err(StoreError::backend(
             "claim",
@@ -350,7 +360,8 @@ impl Store for SqliteStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(backend("claim"))?;
-        self.claim_on(&mut conn, key, fingerprint, lease).await
+        let claim = self.claim_on(&mut conn, key, fingerprint, lease).await;
+        self.order.learn(claim)
     }
 
     async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
@@ -443,9 +454,8 @@ impl<'c> TxStore<Transaction<'c, Sqlite>> for SqliteStore {
     ) -> Result<Claim, StoreError> {
         // In a `BEGIN IMMEDIATE` transaction the waiting already happened at `BEGIN` (for
         // the pool's busy timeout) and this never blocks.
-        self.claim_on(tx, key, fingerprint, lease)
-            .await
-            .map_err(|e| busy(e, wait))
+        let claim = self.claim_on(tx, key, fingerprint, lease).await;
+        self.order.learn(claim).map_err(|e| busy(e, wait))
     }
 
     async fn complete_in(

@@ -275,9 +275,12 @@ async fn corrupt_rows_are_backend_errors() {
     .await;
 }
 
-/// A replay reads and never writes: no INSERT, UPDATE or DELETE reaches the server. (The
-/// session's statement counters, on a one-connection pool; a fresh claim's INSERT shows
-/// that they count the store's prepared statements.)
+/// A replay never writes. A new store reads first, and while its claims mostly find
+/// records a replay sends no INSERT, UPDATE or DELETE at all; after a run of first calls
+/// it inserts first, and a replay's `INSERT IGNORE` finds the key and changes nothing (no
+/// UPDATE or DELETE, the row as it was). (The session's statement counters, on a
+/// one-connection pool; a fresh claim's INSERT shows that they count the store's prepared
+/// statements.)
 #[tokio::test]
 async fn replay_writes_nothing() {
     let Some(url) = url() else { return };
@@ -328,8 +331,21 @@ async fn replay_writes_nothing() {
         .complete(&key, token, ok_output(&b"\x01done"[..]), LONG)
         .await
         .unwrap();
-    let before = writes(&pool).await;
-    for _ in 0..20 {
+    let row = |pool: MySqlPool| {
+        let q = format!(
+            "SELECT CAST(token AS CHAR), CAST(expires_at AS CHAR) FROM {table} \
+             WHERE key_digest = x'{}'",
+            hex(&key)
+        );
+        async move {
+            let row = sqlx::query(AssertSqlSafe(q))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            (row.get::<String, _>(0), row.get::<String, _>(1))
+        }
+    };
+    let replay = async || {
         assert!(matches!(
             store.claim(&key, &fp, LONG).await,
             Ok(Claim::Completed(_))
@@ -338,8 +354,24 @@ async fn replay_writes_nothing() {
             store.claim(&key, &fingerprint(10), LONG).await,
             Ok(Claim::Completed(_))
         ));
+    };
+    // Reading first: no write statement at all.
+    let before = writes(&pool).await;
+    for _ in 0..10 {
+        replay().await;
     }
     assert_eq!(writes(&pool).await, before, "replays must not write");
+    // Inserting first, after a run of first calls: the inserts change nothing.
+    for i in 0..12 {
+        let other = new_key(&format!("replay_writes_nothing {i}"));
+        claimed(&store, &other, &fp, LONG).await;
+    }
+    let (before, recorded) = (writes(&pool).await, row(pool.clone()).await);
+    replay().await;
+    let after = writes(&pool).await;
+    assert_eq!(after[0] - before[0], 2, "the store inserted first");
+    assert_eq!(after[1..], before[1..], "replays must not update or delete");
+    assert_eq!(row(pool.clone()).await, recorded, "the record is untouched");
     exec(&pool, format!("DROP TABLE {table}")).await;
 }
 
@@ -634,4 +666,10 @@ async fn measure_insert_ignore_vs_select() {
         );
     }
     exec(&pool, format!("DROP TABLE {table}")).await;
+}
+
+/// The checks again with the store inserting first (after a run of first calls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_hold_when_inserting_first() {
+    with_store(|store| async move { support::checks_inserting_first(&store).await }).await;
 }

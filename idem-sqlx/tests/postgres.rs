@@ -148,3 +148,9 @@ async fn corrupt_columns_are_errors_not_panics() {
     })
     .await;
 }
+
+/// The checks again with the store inserting first (after a run of first calls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_hold_when_inserting_first() {
+    with_store(|store| async move { support::checks_inserting_first(&store).await }).await;
+}

@@ -509,3 +509,9 @@ fn digest_hex(key: &Key) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// The checks again with the store inserting first (after a run of first calls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_hold_when_inserting_first() {
+    with_store(|store, _db| async move { support::checks_inserting_first(&store).await }).await;
+}
