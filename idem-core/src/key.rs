@@ -289,9 +289,22 @@ macro_rules! display_keys {
     )*};
 }
 
-display_keys!(
-    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, char
+// Integers in decimal, as `Display` writes them, but without `core::fmt`'s machinery.
+macro_rules! integer_keys {
+    ($($t:ty),*) => {$(
+        impl IntoKey for $t {
+            fn write_key(&self, out: &mut KeyWriter) -> Result<(), Error> {
+                out.part(itoa::Buffer::new().format(*self))
+            }
+        }
+    )*};
+}
+
+integer_keys!(
+    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize
 );
+
+display_keys!(char);
 
 #[cfg(feature = "uuid")]
 display_keys!(uuid::Uuid);
@@ -328,6 +341,10 @@ mod tests {
         assert_eq!(digest(&42u32), digest(&42i64));
         assert_eq!(digest(&42u8), digest("42"));
         assert_ne!(digest(&42u8), digest(&43u8));
+        assert_eq!(digest(&-42i8), digest("-42"));
+        assert_eq!(digest(&u128::MAX), digest(&u128::MAX.to_string()));
+        assert_eq!(digest(&i64::MIN), digest(&i64::MIN.to_string()));
+        assert_eq!(Key::new("ns", &-7i32).unwrap().preview(), "-7");
     }
 
     #[test]
