@@ -6,7 +6,9 @@
 //!
 //! - fresh key, baseline: `entry(k).or_insert_with(in-progress)` (atomic insert-if-absent) +
 //!   `insert(k, completed)`; `baseline_get_first` also does the `get` a single function
-//!   that serves replays too would do first (for information).
+//!   that serves replays too would do first, and `baseline_striped` is `MemoryStore`'s own
+//!   protocol by hand (a `get`, then `get` + `insert` under the key's stripe lock, and the
+//!   fenced completion as `get` + `insert` under it) — both for information.
 //! - replay, baseline: `get` + 32-byte fingerprint compare + bincode decode.
 //! - 16 tasks on a 2-worker runtime, fresh distinct keys: throughput of both, timed in CPU
 //!   time of the whole process (both workers), so the figure is CPU time per call and
@@ -53,7 +55,6 @@ const NAMESPACE: &[u8] = b"memory::transfer";
 
 enum Slot {
     InProgress {
-        #[allow(dead_code)] // a real protocol fences `complete` with it
         token: u64,
         fingerprint: [u8; 32],
         lease_until: Instant,
@@ -97,6 +98,8 @@ impl Expiry<[u8; 32], Arc<Slot>> for UntilDeadline {
 struct Baseline {
     cache: Cache<[u8; 32], Arc<Slot>>,
     tokens: Arc<AtomicU64>,
+    /// For `fresh_striped`: writers of a key hold the lock its first byte picks.
+    stripes: Arc<[tokio::sync::Mutex<()>]>,
 }
 
 #[derive(Debug)]
@@ -104,6 +107,7 @@ enum BaselineError {
     InProgress,
     Mismatch,
     Codec,
+    LeaseLost,
 }
 
 impl Baseline {
@@ -115,6 +119,7 @@ impl Baseline {
                 .expire_after(UntilDeadline)
                 .build(),
             tokens: Arc::new(AtomicU64::new(1)),
+            stripes: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
     }
 
@@ -183,6 +188,45 @@ impl Baseline {
                 }),
             )
             .await;
+        Ok(receipt)
+    }
+
+    /// `MemoryStore`'s protocol by hand: a lock-free `get`; on a miss, `get` + `insert` under
+    /// the key's stripe lock; after the body, the fenced completion under it.
+    async fn fresh_striped(&self, req: Transfer) -> Result<Receipt, BaselineError> {
+        let key = Self::key(&req);
+        let fingerprint = Self::fingerprint(&req);
+        if let Some(slot) = self.cache.get(&key).await {
+            return Self::replay_slot(&slot, &fingerprint);
+        }
+        let stripe = &self.stripes[usize::from(key[0])];
+        let token = self.tokens.fetch_add(1, Ordering::Relaxed);
+        {
+            let _writing = stripe.lock().await;
+            if let Some(slot) = self.cache.get(&key).await {
+                return Self::replay_slot(&slot, &fingerprint);
+            }
+            let slot = Slot::InProgress {
+                token,
+                fingerprint,
+                lease_until: Instant::now() + LEASE,
+            };
+            self.cache.insert(key, Arc::new(slot)).await;
+        }
+        let receipt = settle(&req);
+        let output = bincode::serde::encode_to_vec(&receipt, bincode::config::standard())
+            .map_err(|_| BaselineError::Codec)?;
+        let _writing = stripe.lock().await;
+        match self.cache.get(&key).await.as_deref() {
+            Some(Slot::InProgress { token: owner, .. }) if *owner == token => {}
+            _ => return Err(BaselineError::LeaseLost),
+        }
+        let slot = Slot::Completed {
+            fingerprint,
+            output,
+            expires_at: Instant::now() + TTL,
+        };
+        self.cache.insert(key, Arc::new(slot)).await;
         Ok(receipt)
     }
 
@@ -286,6 +330,19 @@ fn bench_fresh(c: &mut Criterion) {
                 let start = Clock::thread();
                 for req in reqs {
                     black_box(base.get_first(req).await.unwrap());
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.bench_function("baseline_striped", |b| {
+        b.iter_custom(|iters| {
+            let base = Baseline::new();
+            let reqs = fresh_requests(iters);
+            rt.block_on(async {
+                let start = Clock::thread();
+                for req in reqs {
+                    black_box(base.fresh_striped(req).await.unwrap());
                 }
                 start.elapsed()
             })

@@ -15,11 +15,13 @@
 //! Then, unless `IDEM_BENCH_PAIRED=0`, paired measurements print (to stderr) the same
 //! comparisons interleaved round by round, which is what resolves a 10% difference on a
 //! machine whose other users come and go, with this process's CPU time per call, and
-//! compare hand-written variants that locate the cost: `read_first_1conn` (a `SELECT` by key before the insert, on one acquired
-//! connection, as the SQLite and MySQL stores claim), `insert_first` (the replay in the
-//! other order: the insert-if-absent, then the `SELECT`), `store_read` (SQLite, MySQL: the
+//! compare hand-written variants that locate the cost: `read_first_1conn` (a `SELECT` by
+//! key before the insert, on one acquired connection: a fresh key when a store reads
+//! first), `insert_first` (the replay in the other order: the insert-if-absent, then the
+//! `SELECT`: a replay when a store inserts first), `store_read` (SQLite, MySQL: the
 //! replay with the store's own read statement) and, on PostgreSQL, `claim_cte` (the
-//! store's one-statement claim, fresh and replay, by hand).
+//! one-statement claim `PgStore` used up to 7eec192: the insert and a read of the row in
+//! one CTE, fresh and replay, by hand).
 //!
 //! Both sides compute a SHA-256 key digest and a 256-bit fingerprint of the request, bind
 //! the same columns and share one pool: `test_before_acquire(false)` (the default ping on
@@ -182,12 +184,14 @@ enum Variant {
     /// The minimal protocol: insert-if-absent, update; replay = one `SELECT`.
     Minimal,
     /// A `SELECT` by key before the insert, on one connection acquired for both (how the
-    /// SQLite and MySQL stores claim since commit 878f860). Replay: as `Minimal`.
+    /// stores claim while they read first: the cost of a fresh key then). Replay: as
+    /// `Minimal`.
     ReadFirstOneConn,
     /// The other order, for the replay: the insert-if-absent first (which finds the key),
     /// then the `SELECT`, on one connection. Fresh: as `Minimal`.
     InsertFirst,
-    /// PostgreSQL: the store's one-statement claim (CTE) instead of the plain insert.
+    /// PostgreSQL: the one-statement claim (insert and read in one CTE) `PgStore` used up
+    /// to 7eec192, instead of the plain insert.
     ClaimCte,
     /// SQLite, MySQL: the replay with the store's own read statement (all the columns a
     /// claim reads, and the deadline arithmetic), decoded as the store does.

@@ -16,10 +16,17 @@ use crate::token;
 /// Idempotency records in PostgreSQL: exactly-once across every process sharing the
 /// database.
 ///
-/// Built from your pool; create the table with [`migrate`](PgStore::migrate). A claim is one
-/// statement (`INSERT … ON CONFLICT DO NOTHING` and a read of the existing row, in one CTE),
-/// so a fresh call costs that plus one fenced `UPDATE`, and a replay is one round trip that
-/// writes nothing. All times come from the database's `now()`.
+/// Built from your pool; create the table with [`migrate`](PgStore::migrate). A claim is a
+/// `SELECT` by primary key and an `INSERT … ON CONFLICT DO NOTHING`, in the order the
+/// store's recent claims call for: the read first while they mostly find records (retries,
+/// redeliveries — and when the store is new), so that a replay is that one read and writes
+/// nothing; the insert first while they are mostly first calls, so that a fresh key is that
+/// one insert (then one fenced `UPDATE` completes it). A wrong guess costs the other
+/// statement; an insert that finds the key writes nothing. Taking over an expired record is
+/// one `UPDATE … WHERE expires_at <= now()` more. (One statement can do both — an `INSERT`
+/// and a read of the row in one CTE — but it costs the server 1.3–1.4× a `SELECT` on a
+/// replay and 5–10% more than the plain insert on a fresh key under load; BENCHMARKS.md.)
+/// All times come from the database's `now()`.
 #[derive(Clone)]
 pub struct PgStore {
     order: Arc<ClaimOrder>,
@@ -30,7 +37,7 @@ pub struct PgStore {
 
 struct Statements {
     read: SqlStr,
-    claim: SqlStr,
+    insert: SqlStr,
     take_over: SqlStr,
     renew: SqlStr,
     complete: SqlStr,
@@ -48,17 +55,11 @@ impl Statements {
                         expires_at - now() AS remaining \
                  FROM {t} WHERE key_digest = $1",
             ),
-            claim: t.sql(
-                "WITH ins AS ( \
-                   INSERT INTO {t} (key_digest, namespace, key_preview, fingerprint, state, token, \
-                                    lease_until, expires_at) \
-                   VALUES ($1, $2, $3, $4, 0, $5, now() + $6, now() + $6) \
-                   ON CONFLICT (key_digest) DO NOTHING \
-                   RETURNING 1) \
-                 SELECT EXISTS (SELECT 1 FROM ins) AS claimed, \
-                        r.state::int8 AS state, r.fingerprint, r.outcome::int8 AS outcome, r.output, \
-                        r.expires_at - now() AS remaining \
-                 FROM (SELECT 1) AS one LEFT JOIN {t} AS r ON r.key_digest = $1",
+            insert: t.sql(
+                "INSERT INTO {t} (key_digest, namespace, key_preview, fingerprint, state, token, \
+                                  lease_until, expires_at) \
+                 VALUES ($1, $2, $3, $4, 0, $5, now() + $6, now() + $6) \
+                 ON CONFLICT (key_digest) DO NOTHING",
             ),
             take_over: t.sql(
                 "UPDATE {t} SET namespace = $2, key_preview = $3, fingerprint = $4, state = 0, \
@@ -160,21 +161,18 @@ fn interval(d: Duration) -> Duration {
     Duration::from_micros(found::micros(d) as u64)
 }
 
-/// The record a claim's row shows, if the key has one.
-fn found(row: &PgRow) -> Result<Option<Found>, StoreError> {
+/// The record a claim's read found.
+fn found(row: &PgRow) -> Result<Found, StoreError> {
     let column = backend("claim");
-    let Some(state) = row.try_get::<Option<i64>, _>("state").map_err(column)? else {
-        return Ok(None);
-    };
     let remaining: PgInterval = row.try_get("remaining").map_err(column)?;
-    Ok(Some(Found {
-        state,
+    Ok(Found {
+        state: row.try_get("state").map_err(column)?,
         fingerprint: row.try_get("fingerprint").map_err(column)?,
         outcome: row.try_get("outcome").map_err(column)?,
         output: row.try_get("output").map_err(column)?,
         // Between two timestamps: days and microseconds, never months.
         remaining_us: i64::from(remaining.days) * 86_400_000_000 + remaining.microseconds,
-    }))
+    })
 }
 
 fn token_value(token: Token) -> i64 {
@@ -182,65 +180,64 @@ fn token_value(token: Token) -> i64 {
 }
 
 impl PgStore {
-    /// The live record of the key, by a plain read, if the store's recent claims say a
-    /// record is likely (see [`ClaimOrder`]). The claim statement alone settles every case
-    /// in one round trip, and writes nothing when the key has a record; but a statement
-    /// with an `INSERT` costs the server more than a plain read (about 1.4× on a replay).
-    async fn read_first(
+    /// The live record of the key, by a plain read.
+    async fn read_live(
         &self,
         conn: &mut PgConnection,
         key: &Key,
     ) -> Result<Option<Claim>, StoreError> {
-        if !self.order.read_first() {
-            return Ok(None);
-        }
         let row = sqlx::query(self.sql.read.clone())
             .bind(&key.digest().as_bytes()[..])
             .fetch_optional(conn)
             .await
             .map_err(backend("claim"))?;
-        let Some(row) = row else { return Ok(None) };
-        match found(&row)? {
+        match row.as_ref().map(found).transpose()? {
             Some(found) if found.live() => found.into_claim().map(Some),
             _ => Ok(None),
         }
     }
 
-    /// The claim statement on one connection: the pool's for plain mode, the
-    /// transaction's in transactional mode (where the insert blocks on a concurrent
-    /// uncommitted claim).
+    /// The claim on one connection: the pool's for plain mode, the transaction's in
+    /// transactional mode (where the insert blocks on a concurrent uncommitted claim).
+    /// `insert_first` skips the read a replay needs, for a key that is likely new.
     async fn claim_on(
         &self,
         conn: &mut PgConnection,
         key: &Key,
         fingerprint: &Fingerprint,
         lease: Duration,
+        mut insert_first: bool,
     ) -> Result<Claim, StoreError> {
         let token = token::fresh();
         let digest = &key.digest().as_bytes()[..];
         let lease = interval(lease);
         for _ in 0..CLAIM_ATTEMPTS {
-            let row = sqlx::query(self.sql.claim.clone())
+            if insert_first {
+                let inserted = sqlx::query(self.sql.insert.clone())
+                    .bind(digest)
+                    .bind(key.namespace())
+                    .bind(key.preview())
+                    .bind(&fingerprint.as_bytes()[..])
+                    .bind(token)
+                    .bind(lease)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(backend("claim"))?;
+                if inserted.rows_affected() == 1 {
+                    return Ok(Claim::Claimed(Token::new(token as u64)));
+                }
+            }
+            let row = sqlx::query(self.sql.read.clone())
                 .bind(digest)
-                .bind(key.namespace())
-                .bind(key.preview())
-                .bind(&fingerprint.as_bytes()[..])
-                .bind(token)
-                .bind(lease)
-                .fetch_one(&mut *conn)
+                .fetch_optional(&mut *conn)
                 .await
                 .map_err(backend("claim"))?;
-            if row
-                .try_get::<bool, _>("claimed")
-                .map_err(backend("claim"))?
-            {
-                return Ok(Claim::Claimed(Token::new(token as u64)));
-            }
-            // Not inserted, and not visible to this statement's snapshot: a concurrent
-            // claim committed in between; read again.
-            let Some(found) = found(&row)? else {
+            // Absent (never there, or gone since the insert found it): insert it.
+            let Some(row) = row else {
+                insert_first = true;
                 continue;
             };
+            let found = found(&row)?;
             if found.live() {
                 return found.into_claim();
             }
@@ -327,10 +324,10 @@ impl Store for PgStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(backend("claim"))?;
-        if let Some(claim) = self.read_first(&mut conn, key).await? {
-            return self.order.learn(Ok(claim));
-        }
-        let claim = self.claim_on(&mut conn, key, fingerprint, lease).await;
+        let insert_first = !self.order.read_first();
+        let claim = self
+            .claim_on(&mut conn, key, fingerprint, lease, insert_first)
+            .await;
         self.order.learn(claim)
     }
 
@@ -406,10 +403,12 @@ impl<'c> TxStore<Transaction<'c, Postgres>> for PgStore {
         wait: Duration,
     ) -> Result<Claim, StoreError> {
         // A record committed before this transaction's snapshot: no lock to wait for.
-        if let Some(claim) = self.read_first(tx, key).await? {
+        if self.order.read_first()
+            && let Some(claim) = self.read_live(tx, key).await?
+        {
             return self.order.learn(Ok(claim));
         }
-        // `wait` is the lock timeout of the claim statement only; the transaction's own
+        // `wait` is the lock timeout of the claim's statements only; the transaction's own
         // setting is put back afterwards.
         let previous: String = sqlx::query_scalar(
             "WITH previous AS MATERIALIZED (SELECT current_setting('lock_timeout') AS value) \
@@ -419,7 +418,7 @@ impl<'c> TxStore<Transaction<'c, Postgres>> for PgStore {
         .fetch_one(&mut **tx)
         .await
         .map_err(backend("claim"))?;
-        let claim = self.claim_on(tx, key, fingerprint, lease).await;
+        let claim = self.claim_on(tx, key, fingerprint, lease, true).await;
         let claim = self.order.learn(claim).map_err(|e| lock_timeout(e, wait))?;
         sqlx::query("SELECT set_config('lock_timeout', $1, true)")
             .bind(previous)
