@@ -102,6 +102,17 @@ struct Baseline {
     stripes: Arc<[tokio::sync::Mutex<()>]>,
 }
 
+/// The hand-written protocols for a fresh key.
+#[derive(Clone, Copy)]
+enum Fresh {
+    /// The baseline: insert-if-absent, then `insert`.
+    InsertIfAbsent,
+    /// A `get` first, as one function serving replays too would.
+    GetFirst,
+    /// `MemoryStore`'s protocol by hand.
+    Striped,
+}
+
 #[derive(Debug)]
 enum BaselineError {
     InProgress,
@@ -230,6 +241,15 @@ impl Baseline {
         Ok(receipt)
     }
 
+    /// A fresh key by one of the hand-written protocols.
+    async fn fresh_by(&self, protocol: Fresh, req: Transfer) -> Result<Receipt, BaselineError> {
+        match protocol {
+            Fresh::InsertIfAbsent => self.fresh(req).await,
+            Fresh::GetFirst => self.get_first(req).await,
+            Fresh::Striped => self.fresh_striped(req).await,
+        }
+    }
+
     /// Replay: `get`, compare the fingerprint, decode.
     async fn replay(&self, req: Transfer) -> Result<Receipt, BaselineError> {
         let key = Self::key(&req);
@@ -309,45 +329,25 @@ fn bench_fresh(c: &mut Criterion) {
             })
         })
     });
-    group.bench_function("baseline", |b| {
-        b.iter_custom(|iters| {
-            let base = Baseline::new();
-            let reqs = fresh_requests(iters);
-            rt.block_on(async {
-                let start = Clock::thread();
-                for req in reqs {
-                    black_box(base.fresh(req).await.unwrap());
-                }
-                start.elapsed()
+    for (name, protocol) in [
+        ("baseline", Fresh::InsertIfAbsent),
+        ("baseline_get_first", Fresh::GetFirst),
+        ("baseline_striped", Fresh::Striped),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let base = Baseline::new();
+                let reqs = fresh_requests(iters);
+                rt.block_on(async {
+                    let start = Clock::thread();
+                    for req in reqs {
+                        black_box(base.fresh_by(protocol, req).await.unwrap());
+                    }
+                    start.elapsed()
+                })
             })
-        })
-    });
-    group.bench_function("baseline_get_first", |b| {
-        b.iter_custom(|iters| {
-            let base = Baseline::new();
-            let reqs = fresh_requests(iters);
-            rt.block_on(async {
-                let start = Clock::thread();
-                for req in reqs {
-                    black_box(base.get_first(req).await.unwrap());
-                }
-                start.elapsed()
-            })
-        })
-    });
-    group.bench_function("baseline_striped", |b| {
-        b.iter_custom(|iters| {
-            let base = Baseline::new();
-            let reqs = fresh_requests(iters);
-            rt.block_on(async {
-                let start = Clock::thread();
-                for req in reqs {
-                    black_box(base.fresh_striped(req).await.unwrap());
-                }
-                start.elapsed()
-            })
-        })
-    });
+        });
+    }
     group.finish();
 }
 

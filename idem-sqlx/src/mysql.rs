@@ -288,8 +288,9 @@ fn is_deadlock(e: &sqlx::Error) -> bool {
 /// Where a claim runs, which decides how it reads and what it may retry.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// Autocommit statements on a pooled connection: read first (a replay writes
-    /// nothing), and run a statement InnoDB rolled back as a deadlock victim again.
+    /// Autocommit statements on a pooled connection: read or insert first as the store's
+    /// `ClaimOrder` says, and run a statement InnoDB rolled back as a deadlock victim
+    /// again.
     Plain,
     /// In the caller's transaction: insert first, read with a shared lock, and never retry
     /// a deadlock (InnoDB rolled the whole transaction back).

@@ -211,15 +211,19 @@ impl PgStore {
         let token = token::fresh();
         let digest = &key.digest().as_bytes()[..];
         let lease = interval(lease);
+        // The insert and the takeover write the same new claim.
+        let write_claim = |sql: &SqlStr| {
+            sqlx::query(sql.clone())
+                .bind(digest)
+                .bind(key.namespace())
+                .bind(key.preview())
+                .bind(&fingerprint.as_bytes()[..])
+                .bind(token)
+                .bind(lease)
+        };
         for _ in 0..CLAIM_ATTEMPTS {
             if insert_first {
-                let inserted = sqlx::query(self.sql.insert.clone())
-                    .bind(digest)
-                    .bind(key.namespace())
-                    .bind(key.preview())
-                    .bind(&fingerprint.as_bytes()[..])
-                    .bind(token)
-                    .bind(lease)
+                let inserted = write_claim(&self.sql.insert)
                     .execute(&mut *conn)
                     .await
                     .map_err(backend("claim"))?;
@@ -242,13 +246,7 @@ impl PgStore {
                 return found.into_claim();
             }
             // Expired: take it over, unless another claimer just did.
-            let taken = sqlx::query(self.sql.take_over.clone())
-                .bind(digest)
-                .bind(key.namespace())
-                .bind(key.preview())
-                .bind(&fingerprint.as_bytes()[..])
-                .bind(token)
-                .bind(lease)
+            let taken = write_claim(&self.sql.take_over)
                 .execute(&mut *conn)
                 .await
                 .map_err(backend("claim"))?;
