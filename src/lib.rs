@@ -61,6 +61,7 @@ pub use idem_core::{store_conformance_tests, testing};
 /// SQL stores (features `sqlite`, `postgres`, `mysql`), built from your sqlx pool.
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 pub mod sqlx {
+    pub use idem_sqlx::ClaimOrder;
     #[cfg(feature = "mysql")]
     pub use idem_sqlx::MySqlStore;
     #[cfg(feature = "postgres")]

@@ -35,7 +35,8 @@ pub struct MemoryStore {
     tokens: Arc<AtomicU64>,
 }
 
-const STRIPES: usize = 256;
+/// One stripe per value of a digest byte (the digest is uniform).
+const STRIPES: usize = 1 << u8::BITS;
 
 enum Slot {
     InProgress {
@@ -168,7 +169,7 @@ impl MemoryStore {
     /// The lock every write of `key` holds. Moka's own expiry and eviction only remove
     /// entries, which every reader treats as absent anyway.
     fn stripe(&self, key: &KeyDigest) -> &Mutex<()> {
-        &self.stripes[usize::from(key.as_bytes()[0]) % STRIPES]
+        &self.stripes[usize::from(key.as_bytes()[0])]
     }
 
     /// [`Store::claim`]; the executor awaits it in place (see [`Store::as_memory`]).

@@ -2,7 +2,6 @@
 
 use bytes::Bytes;
 use idem_core::{Busy, Claim, Fingerprint, Outcome, Output, Record, StoreError};
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 /// `state` column values.
@@ -90,96 +89,5 @@ pub(crate) fn fenced(rows: u64) -> Result<(), StoreError> {
         Ok(())
     } else {
         Err(StoreError::LeaseLost)
-    }
-}
-
-/// Which statement a claim sends first, learned from the store's recent claims.
-///
-/// Reading first makes a replay one plain `SELECT` (what a replay should cost) but a first
-/// call one statement more; inserting first is the reverse (the insert finds the key and
-/// changes nothing, then the read). So a store starts with what most of its recent claims
-/// needed: the read while they found records (retries, redeliveries; and at first), the
-/// insert while they were first calls. Both orders are equally correct; a wrong guess
-/// costs one statement, never a write to a record.
-pub(crate) struct ClaimOrder(AtomicU8);
-
-impl Default for ClaimOrder {
-    /// Reading first: a new store writes nothing until first calls are what it sees.
-    fn default() -> Self {
-        ClaimOrder(AtomicU8::new(MEMORY))
-    }
-}
-
-/// How many claims the order remembers: it changes after about half as many in a row
-/// that went the other way.
-const MEMORY: u8 = 16;
-
-impl ClaimOrder {
-    /// Whether the next claim should read first.
-    pub(crate) fn read_first(&self) -> bool {
-        self.0.load(Ordering::Relaxed) > MEMORY / 2
-    }
-
-    /// Counts a claim's outcome (found a live record, or claimed the key) and passes it on.
-    pub(crate) fn learn(&self, claim: Result<Claim, StoreError>) -> Result<Claim, StoreError> {
-        if let Ok(claim) = &claim {
-            let found = !matches!(claim, Claim::Claimed(_));
-            // No write once it is settled at either end.
-            let _ = self
-                .0
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| match found {
-                    true if n < MEMORY => Some(n + 1),
-                    false if n > 0 => Some(n - 1),
-                    _ => None,
-                });
-        }
-        claim
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn claimed() -> Result<Claim, StoreError> {
-        Ok(Claim::Claimed(idem_core::Token::new(1)))
-    }
-
-    fn found() -> Result<Claim, StoreError> {
-        Ok(Claim::InProgress(Busy {
-            fingerprint: Fingerprint::from_bytes([0; 32]),
-            lease_remaining: None,
-            waiter: None,
-        }))
-    }
-
-    #[test]
-    fn order_follows_what_claims_found() {
-        let order = ClaimOrder::default();
-        assert!(order.read_first(), "a new store reads first");
-        for _ in 0..MEMORY / 2 - 1 {
-            let _ = order.learn(claimed());
-        }
-        assert!(order.read_first(), "one short of half its memory");
-        let _ = order.learn(claimed());
-        assert!(!order.read_first());
-        for _ in 0..100 {
-            let _ = order.learn(claimed());
-        }
-        // Saturated: one more than half its memory of replays in a row turn it back.
-        for _ in 0..MEMORY / 2 {
-            let _ = order.learn(found());
-        }
-        assert!(!order.read_first(), "one short");
-        let _ = order.learn(found());
-        assert!(order.read_first());
-        for _ in 0..MEMORY / 2 {
-            let _ = order.learn(claimed());
-        }
-        // Errors teach nothing.
-        for _ in 0..100 {
-            let _ = order.learn(Err(StoreError::LeaseLost));
-        }
-        assert!(!order.read_first());
     }
 }

@@ -8,7 +8,8 @@ use sqlx::{Row, SqlStr, Transaction};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::found::{self, CLAIM_ATTEMPTS, ClaimOrder, Found, PURGE_BATCH, backend, fenced};
+use crate::found::{self, CLAIM_ATTEMPTS, Found, PURGE_BATCH, backend, fenced};
+use crate::order::{ClaimOrder, Order};
 use crate::table::Table;
 use crate::token;
 
@@ -31,9 +32,11 @@ use crate::token;
 /// first: a replay is that one round trip and writes nothing (no lock, no commit, no
 /// fsync), and a fresh key costs the read plus the insert. While they are mostly first
 /// calls, the insert goes first: a fresh key is that one round trip and one commit, and a
-/// replay costs the insert (which finds the key and commits nothing) plus the read. A fresh
-/// key is then completed by one fenced `UPDATE`; taking over an expired record costs one
-/// `UPDATE … WHERE expires_at <= UTC_TIMESTAMP(6)` more.
+/// replay costs the insert (which finds the key and commits nothing) plus the read.
+/// [`with_claim_order`](MySqlStore::with_claim_order) fixes the order instead (a
+/// transactional claim always inserts first, see below). A fresh key is then completed by
+/// one fenced `UPDATE`; taking over an expired record costs one `UPDATE … WHERE expires_at
+/// <= UTC_TIMESTAMP(6)` more.
 ///
 /// `complete`, `renew` and `release` are one fenced statement each (`WHERE key_digest = ?
 /// AND token = ? AND state = 0`); they count the rows the `WHERE` matched
@@ -77,7 +80,7 @@ use crate::token;
 /// transactions take over the same expired record at once).
 #[derive(Clone)]
 pub struct MySqlStore {
-    order: Arc<ClaimOrder>,
+    order: Arc<Order>,
     pool: MySqlPool,
     table: Table,
     sql: Arc<Statements>,
@@ -177,11 +180,20 @@ impl MySqlStore {
     pub fn with_table(self, name: &str) -> Result<Self, Error> {
         let table = Table::new(name)?;
         Ok(MySqlStore {
-            order: Arc::default(),
+            order: Arc::new(Order::new(self.order.order())),
             sql: Arc::new(Statements::new(&table)),
             pool: self.pool,
             table,
         })
+    }
+
+    /// The same store with its claim's first statement fixed instead of learned from
+    /// recent claims (see [`ClaimOrder`]).
+    pub fn with_claim_order(self, order: ClaimOrder) -> Self {
+        MySqlStore {
+            order: Arc::new(Order::new(order)),
+            ..self
+        }
     }
 
     /// Creates the table and its expiry index if they are missing. Safe to call on every

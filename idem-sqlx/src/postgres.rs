@@ -9,7 +9,8 @@ use sqlx::{Row, SqlStr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::found::{self, CLAIM_ATTEMPTS, ClaimOrder, Found, PURGE_BATCH, backend, fenced};
+use crate::found::{self, CLAIM_ATTEMPTS, Found, PURGE_BATCH, backend, fenced};
+use crate::order::{ClaimOrder, Order};
 use crate::table::Table;
 use crate::token;
 
@@ -22,14 +23,18 @@ use crate::token;
 /// redeliveries — and when the store is new), so that a replay is that one read and writes
 /// nothing; the insert first while they are mostly first calls, so that a fresh key is that
 /// one insert (then one fenced `UPDATE` completes it). A wrong guess costs the other
-/// statement; an insert that finds the key writes nothing. Taking over an expired record is
-/// one `UPDATE … WHERE expires_at <= now()` more. (One statement can do both — an `INSERT`
+/// statement; an insert that finds the key writes nothing. [`with_claim_order`] fixes the
+/// order instead. Taking over an expired record costs the read and one `UPDATE … WHERE
+/// expires_at <= now()` (after the insert, when inserting first). (One statement can do
+/// both — an `INSERT`
 /// and a read of the row in one CTE — but it costs the server 1.3–1.4× a `SELECT` on a
 /// replay and 5–10% more than the plain insert on a fresh key under load; BENCHMARKS.md.)
 /// All times come from the database's `now()`.
+///
+/// [`with_claim_order`]: PgStore::with_claim_order
 #[derive(Clone)]
 pub struct PgStore {
-    order: Arc<ClaimOrder>,
+    order: Arc<Order>,
     pool: PgPool,
     table: Table,
     sql: Arc<Statements>,
@@ -117,11 +122,20 @@ impl PgStore {
     pub fn with_table(self, name: &str) -> Result<Self, Error> {
         let table = Table::new(name)?;
         Ok(PgStore {
-            order: Arc::default(),
+            order: Arc::new(Order::new(self.order.order())),
             sql: Arc::new(Statements::new(&table)),
             pool: self.pool,
             table,
         })
+    }
+
+    /// The same store with its claim's first statement fixed instead of learned from
+    /// recent claims (see [`ClaimOrder`]).
+    pub fn with_claim_order(self, order: ClaimOrder) -> Self {
+        PgStore {
+            order: Arc::new(Order::new(order)),
+            ..self
+        }
     }
 
     /// Creates the table and its expiry index if they are missing. Safe to call on every
@@ -253,6 +267,8 @@ impl PgStore {
             if taken.rows_affected() == 1 {
                 return Ok(Claim::Claimed(Token::new(token as u64)));
             }
+            // Another claimer took it over just now: read its record.
+            insert_first = false;
         }
         Err(StoreError::backend(
             "claim",

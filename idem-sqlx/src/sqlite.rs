@@ -8,7 +8,8 @@ use sqlx::{Row, SqlStr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::found::{self, CLAIM_ATTEMPTS, ClaimOrder, Found, PURGE_BATCH, backend, fenced};
+use crate::found::{self, CLAIM_ATTEMPTS, Found, PURGE_BATCH, backend, fenced};
+use crate::order::{ClaimOrder, Order};
 use crate::table::Table;
 use crate::token;
 
@@ -29,8 +30,10 @@ const NOW: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS IN
 /// new), the read: a replay is that one read and writes nothing, a fresh call costs the
 /// read, the insert and one fenced `UPDATE`. While they are mostly first calls, the
 /// insert: a fresh call costs the insert and the `UPDATE`, and a replay the insert (which
-/// changes nothing and commits no page, but waits for SQLite's one write lock like any
-/// writer) and the read.
+/// changes nothing and commits no page, but takes SQLite's one write lock like any writer,
+/// so it queues behind a long transaction or a purge for up to the `busy_timeout`) and the
+/// read. [`with_claim_order`](SqliteStore::with_claim_order) fixes the order instead, e.g.
+/// [`ClaimOrder::ReadFirst`] where replays must never wait for writers.
 ///
 /// SQLite has no timestamp type: deadlines are INTEGER milliseconds since the Unix epoch,
 /// always computed by SQLite's own clock (`julianday('now')`), never the application's.
@@ -94,7 +97,7 @@ const NOW: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS IN
 /// progress holds the write lock that call needs to finish.
 #[derive(Clone)]
 pub struct SqliteStore {
-    order: Arc<ClaimOrder>,
+    order: Arc<Order>,
     pool: SqlitePool,
     table: Table,
     sql: Arc<Statements>,
@@ -176,11 +179,20 @@ impl SqliteStore {
     pub fn with_table(self, name: &str) -> Result<Self, Error> {
         let table = Table::new(name)?;
         Ok(SqliteStore {
-            order: Arc::default(),
+            order: Arc::new(Order::new(self.order.order())),
             sql: Arc::new(Statements::new(&table)),
             pool: self.pool,
             table,
         })
+    }
+
+    /// The same store with its claim's first statement fixed instead of learned from
+    /// recent claims (see [`ClaimOrder`]).
+    pub fn with_claim_order(self, order: ClaimOrder) -> Self {
+        SqliteStore {
+            order: Arc::new(Order::new(order)),
+            ..self
+        }
     }
 
     /// Creates the table and its expiry index if they are missing. Safe to call on every

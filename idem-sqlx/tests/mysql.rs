@@ -6,7 +6,7 @@ mod support;
 use bytes::Bytes;
 use idem_core::codec::{self, Bincode};
 use idem_core::{Claim, Error, Fingerprint, Key, Outcome, Output, Store, StoreError, testing};
-use idem_sqlx::MySqlStore;
+use idem_sqlx::{ClaimOrder, MySqlStore};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{AssertSqlSafe, Row, SqlSafeStr};
 use std::str::FromStr;
@@ -56,11 +56,26 @@ where
     exec(&pool, format!("DROP TABLE {table}")).await;
 }
 
+/// Each check twice: as a new store runs it (its learned order starts by reading), and
+/// with every claim inserting first.
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $check() {
-            with_store(|store| async move { testing::$check(&store).await }).await;
+        mod $check {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn learned() {
+                with_store(|store| async move { testing::$check(&store).await }).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn insert_first() {
+                with_store(|store| async move {
+                    let store = Arc::unwrap_or_clone(store).with_claim_order(ClaimOrder::InsertFirst);
+                    testing::$check(&Arc::new(store)).await
+                })
+                .await;
+            }
         }
     )*};
 }
@@ -666,10 +681,4 @@ async fn measure_insert_ignore_vs_select() {
         );
     }
     exec(&pool, format!("DROP TABLE {table}")).await;
-}
-
-/// The checks again with the store inserting first (after a run of first calls).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn checks_hold_when_inserting_first() {
-    with_store(|store| async move { support::checks_inserting_first(&store).await }).await;
 }

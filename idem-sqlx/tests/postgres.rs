@@ -4,7 +4,7 @@
 mod support;
 
 use idem_core::testing;
-use idem_sqlx::PgStore;
+use idem_sqlx::{ClaimOrder, PgStore};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::sync::Arc;
 
@@ -35,11 +35,26 @@ where
         .unwrap();
 }
 
+/// Each check twice: as a new store runs it (its learned order starts by reading), and
+/// with every claim inserting first.
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $check() {
-            with_store(|store| async move { testing::$check(&store).await }).await;
+        mod $check {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn learned() {
+                with_store(|store| async move { testing::$check(&store).await }).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn insert_first() {
+                with_store(|store| async move {
+                    let store = Arc::unwrap_or_clone(store).with_claim_order(ClaimOrder::InsertFirst);
+                    testing::$check(&Arc::new(store)).await
+                })
+                .await;
+            }
         }
     )*};
 }
@@ -147,10 +162,4 @@ async fn corrupt_columns_are_errors_not_panics() {
         );
     })
     .await;
-}
-
-/// The checks again with the store inserting first (after a run of first calls).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn checks_hold_when_inserting_first() {
-    with_store(|store| async move { support::checks_inserting_first(&store).await }).await;
 }

@@ -7,7 +7,7 @@ mod support;
 use idem_core::codec::{self, Bincode, Codec};
 use idem_core::testing;
 use idem_core::{Claim, Error, Fingerprint, Key, Outcome, Output, Store, StoreError};
-use idem_sqlx::SqliteStore;
+use idem_sqlx::{ClaimOrder, SqliteStore};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -78,11 +78,26 @@ where
     pool.close().await;
 }
 
+/// Each check twice: as a new store runs it (its learned order starts by reading), and
+/// with every claim inserting first.
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $check() {
-            with_store(|store, _| async move { testing::$check(&store).await }).await;
+        mod $check {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn learned() {
+                with_store(|store, _| async move { testing::$check(&store).await }).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn insert_first() {
+                with_store(|store, _| async move {
+                    let store = Arc::unwrap_or_clone(store).with_claim_order(ClaimOrder::InsertFirst);
+                    testing::$check(&Arc::new(store)).await
+                })
+                .await;
+            }
         }
     )*};
 }
@@ -508,10 +523,4 @@ fn digest_hex(key: &Key) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// The checks again with the store inserting first (after a run of first calls).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn checks_hold_when_inserting_first() {
-    with_store(|store, _db| async move { support::checks_inserting_first(&store).await }).await;
 }

@@ -44,27 +44,3 @@ pub fn server_url(var: &str, suite: &str) -> Option<String> {
         }
     }
 }
-
-/// The conformance checks whose statements depend on the claim's order, run with the store
-/// inserting first, as it does after a run of first calls (a new store reads first, and
-/// the suite's own checks run that way).
-pub async fn checks_inserting_first<S: idem_core::Store + 'static>(store: &std::sync::Arc<S>) {
-    use idem_core::{Claim, Fingerprint, Key, testing};
-
-    let first_calls = async || {
-        let fp = Fingerprint::of(&0u8).unwrap();
-        for _ in 0..12 {
-            let key = Key::new("inserting_first", &unique_table("first_call")).unwrap();
-            let claim = store.claim(&key, &fp, std::time::Duration::from_secs(60));
-            assert!(matches!(claim.await, Ok(Claim::Claimed(_))));
-        }
-    };
-    first_calls().await;
-    testing::concurrent_claims_have_one_winner(store).await;
-    first_calls().await;
-    testing::lease_expiry_allows_takeover(store).await;
-    first_calls().await;
-    testing::complete_then_replay(store).await;
-    first_calls().await;
-    testing::claim_fresh_then_in_progress(store).await;
-}
