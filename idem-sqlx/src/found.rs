@@ -75,9 +75,6 @@ pub(crate) fn micros(d: Duration) -> i64 {
 /// How many times a claim retries when the row changed between its statements.
 pub(crate) const CLAIM_ATTEMPTS: usize = 8;
 
-/// Rows a purge deletes per statement, so no delete holds locks for long.
-pub(crate) const PURGE_BATCH: i64 = 1000;
-
 /// Maps a sqlx error to a store error naming the operation.
 pub(crate) fn backend(op: &'static str) -> impl Fn(sqlx::Error) -> StoreError + Copy {
     move |e| StoreError::backend(op, e)

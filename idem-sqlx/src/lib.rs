@@ -11,8 +11,10 @@
     allow(dead_code)
 )]
 
+mod cancel;
 mod found;
 mod order;
+mod purge;
 mod table;
 mod token;
 

@@ -8,8 +8,10 @@ use sqlx::{Row, SqlStr, Transaction};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::found::{self, CLAIM_ATTEMPTS, Found, PURGE_BATCH, backend, fenced};
+use crate::cancel;
+use crate::found::{self, CLAIM_ATTEMPTS, Found, backend, fenced};
 use crate::order::{ClaimOrder, Order};
+use crate::purge::{self, PURGE_BATCH};
 use crate::table::Table;
 use crate::token;
 
@@ -512,40 +514,27 @@ impl Store for MySqlStore {
     }
 
     fn release_on_drop(&self, key: &Key, token: Token) {
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let store = self.clone();
-            let key = key.clone();
-            runtime.spawn(async move {
-                if let Err(e) = store.release(&key, token).await {
-                    tracing::debug!(%e, "release after cancellation failed; the lease will expire");
-                }
-            });
-        }
+        cancel::release_in_background(self, key, token);
     }
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {
-        let mut purged = 0;
-        let mut deadlocks = 0;
-        loop {
-            let done = match sqlx::query(self.sql.purge.clone())
-                .bind(PURGE_BATCH)
-                .execute(&self.pool)
-                .await
-            {
-                Ok(done) => done,
-                // A claim taking over an expired row can deadlock with the range delete;
-                // the batch is rolled back whole, so running it again is safe.
-                Err(e) if is_deadlock(&e) && deadlocks < CLAIM_ATTEMPTS => {
-                    deadlocks += 1;
-                    continue;
+        purge::in_batches(|| async {
+            let mut deadlocks = 0;
+            loop {
+                match sqlx::query(self.sql.purge.clone())
+                    .bind(PURGE_BATCH)
+                    .execute(&self.pool)
+                    .await
+                {
+                    Ok(done) => return Ok(done.rows_affected()),
+                    // A claim taking over an expired row can deadlock with the range
+                    // delete; the batch is rolled back whole, so running it again is safe.
+                    Err(e) if is_deadlock(&e) && deadlocks < CLAIM_ATTEMPTS => deadlocks += 1,
+                    Err(e) => return Err(backend("purge")(e)),
                 }
-                Err(e) => return Err(backend("purge")(e)),
-            };
-            purged += done.rows_affected();
-            if done.rows_affected() < PURGE_BATCH as u64 {
-                return Ok(purged);
             }
-        }
+        })
+        .await
     }
 }
 

@@ -9,8 +9,10 @@ use sqlx::{Row, SqlStr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::found::{self, CLAIM_ATTEMPTS, Found, PURGE_BATCH, backend, fenced};
+use crate::cancel;
+use crate::found::{self, CLAIM_ATTEMPTS, Found, backend, fenced};
 use crate::order::{ClaimOrder, Order};
+use crate::purge::{self, PURGE_BATCH};
 use crate::table::Table;
 use crate::token;
 
@@ -364,30 +366,19 @@ impl Store for PgStore {
     }
 
     fn release_on_drop(&self, key: &Key, token: Token) {
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let store = self.clone();
-            let key = key.clone();
-            runtime.spawn(async move {
-                if let Err(e) = store.release(&key, token).await {
-                    tracing::debug!(%e, "release after cancellation failed; the lease will expire");
-                }
-            });
-        }
+        cancel::release_in_background(self, key, token);
     }
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {
-        let mut purged = 0;
-        loop {
+        purge::in_batches(|| async {
             let done = sqlx::query(self.sql.purge.clone())
                 .bind(PURGE_BATCH)
                 .execute(&self.pool)
                 .await
                 .map_err(backend("purge"))?;
-            purged += done.rows_affected();
-            if done.rows_affected() < PURGE_BATCH as u64 {
-                return Ok(purged);
-            }
-        }
+            Ok(done.rows_affected())
+        })
+        .await
     }
 }
 

@@ -35,45 +35,7 @@ where
         .unwrap();
 }
 
-/// Each check twice: as a new store runs it (its learned order starts by reading), and
-/// with every claim inserting first.
-macro_rules! conformance {
-    ($($check:ident),* $(,)?) => {$(
-        mod $check {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn learned() {
-                with_store(|store| async move { testing::$check(&store).await }).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn insert_first() {
-                with_store(|store| async move {
-                    let store = Arc::unwrap_or_clone(store).with_claim_order(ClaimOrder::InsertFirst);
-                    testing::$check(&Arc::new(store)).await
-                })
-                .await;
-            }
-        }
-    )*};
-}
-
-conformance!(
-    claim_fresh_then_in_progress,
-    complete_then_replay,
-    fencing_rejects_wrong_tokens,
-    completed_record_is_final,
-    release_frees_the_key,
-    lease_expiry_allows_takeover,
-    renew_keeps_the_claim,
-    ttl_expiry_frees_the_key,
-    purge_expired_deletes_only_expired,
-    concurrent_claims_have_one_winner,
-    keys_and_namespaces_are_independent,
-    lease_remaining_is_bounded,
-    waiter_wakes_on_change,
-);
+support::conformance!(store);
 
 #[tokio::test]
 async fn migrate_twice_and_concurrently() {

@@ -44,3 +44,50 @@ pub fn server_url(var: &str, suite: &str) -> Option<String> {
         }
     }
 }
+
+/// A test module per conformance check, each running the check twice through the test
+/// file's `with_store`: as a new store runs it (its learned order starts by reading), and
+/// with every claim inserting first. The argument names `with_store`'s closure parameters,
+/// the store first: `conformance!(store)`, `conformance!(store, _db)`.
+macro_rules! conformance {
+    (@each $params:tt $($check:ident),* $(,)?) => {
+        $($crate::support::conformance!(@one $params $check);)*
+    };
+    (@one [$store:ident $($rest:tt)*] $check:ident) => {
+        mod $check {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn learned() {
+                with_store(|$store $($rest)*| async move { testing::$check(&$store).await }).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn insert_first() {
+                with_store(|$store $($rest)*| async move {
+                    let $store = Arc::unwrap_or_clone($store).with_claim_order(ClaimOrder::InsertFirst);
+                    testing::$check(&Arc::new($store)).await
+                })
+                .await;
+            }
+        }
+    };
+    ($($params:tt)*) => {
+        $crate::support::conformance!(@each [$($params)*]
+            claim_fresh_then_in_progress,
+            complete_then_replay,
+            fencing_rejects_wrong_tokens,
+            completed_record_is_final,
+            release_frees_the_key,
+            lease_expiry_allows_takeover,
+            renew_keeps_the_claim,
+            ttl_expiry_frees_the_key,
+            purge_expired_deletes_only_expired,
+            concurrent_claims_have_one_winner,
+            keys_and_namespaces_are_independent,
+            lease_remaining_is_bounded,
+            waiter_wakes_on_change,
+        );
+    };
+}
+pub(crate) use conformance;
