@@ -73,21 +73,7 @@ macro_rules! conformance {
         }
     };
     ($($params:tt)*) => {
-        $crate::support::conformance!(@each [$($params)*]
-            claim_fresh_then_in_progress,
-            complete_then_replay,
-            fencing_rejects_wrong_tokens,
-            completed_record_is_final,
-            release_frees_the_key,
-            lease_expiry_allows_takeover,
-            renew_keeps_the_claim,
-            ttl_expiry_frees_the_key,
-            purge_expired_deletes_only_expired,
-            concurrent_claims_have_one_winner,
-            keys_and_namespaces_are_independent,
-            lease_remaining_is_bounded,
-            waiter_wakes_on_change,
-        );
+        idem_core::__conformance_checks!(($crate::support::conformance) (@each [$($params)*]));
     };
 }
 pub(crate) use conformance;
