@@ -74,6 +74,11 @@ impl Store for DefaultStore {
         self.get()?.purge_expired().await
     }
 
+    fn max_output_len(&self) -> usize {
+        self.get()
+            .map_or(crate::codec::MAX_ENCODED_LEN, |store| store.max_output_len())
+    }
+
     #[cfg(feature = "moka")]
     fn as_memory(&self) -> Option<&MemoryStore> {
         self.get().ok()?.as_memory()

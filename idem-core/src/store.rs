@@ -21,6 +21,10 @@ use crate::{Fingerprint, Key, StoreError};
 pub trait Store: Send + Sync {
     /// One atomic operation: claims the key if no live record exists, else reports the live
     /// record. A replay of a completed record must not write.
+    ///
+    /// Cancel-safe: if the returned future is dropped at any await point, no claim may
+    /// outlive it by more than a short cleanup (well under a second) — a claim the store
+    /// applied after the caller stopped listening must be released by the store itself.
     async fn claim(
         &self,
         key: &Key,
@@ -34,6 +38,9 @@ pub trait Store: Send + Sync {
 
     /// Records `output` for `ttl`, only while `token` still owns the claim
     /// ([`StoreError::LeaseLost`] otherwise, and nothing is written).
+    ///
+    /// Idempotent for its owner: if `token` already completed the record (a retry after a
+    /// lost reply), it is `Ok(())` and the record stays as first written.
     async fn complete(
         &self,
         key: &Key,
@@ -54,6 +61,14 @@ pub trait Store: Send + Sync {
 
     /// Deletes expired records; returns how many.
     async fn purge_expired(&self) -> Result<u64, StoreError>;
+
+    /// The largest [`Output::bytes`] this store can record. The executor refuses a larger
+    /// output before `complete` (an `Error::Codec`, and the claim is released) rather than
+    /// hold a claim it could never complete. Stores with a server-side limit learn it from
+    /// the server (and may return a safe lower bound until they have).
+    fn max_output_len(&self) -> usize {
+        crate::codec::MAX_ENCODED_LEN
+    }
 
     /// The built-in [`MemoryStore`], when this is one (or points to one): the executor then
     /// awaits its futures in place instead of through the box `#[async_trait]` puts around
@@ -225,6 +240,10 @@ macro_rules! forward_store {
 
             fn release_on_drop(&self, key: &Key, token: Token) {
                 (**self).release_on_drop(key, token)
+            }
+
+            fn max_output_len(&self) -> usize {
+                (**self).max_output_len()
             }
 
             #[cfg(feature = "moka")]
