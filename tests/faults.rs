@@ -215,3 +215,118 @@ async fn the_fence_refuses_a_stale_token() {
         other => panic!("expected the new owner's record, got {other:?}"),
     }
 }
+
+/// A `MemoryStore` whose `complete` fails on demand — before applying (the database was
+/// unreachable) or after (the reply was lost) — and which can hold outputs of at most
+/// `max_output` bytes, refusing larger ones as MariaDB refuses a packet over
+/// `max_allowed_packet`.
+struct Flaky {
+    inner: MemoryStore,
+    /// How the next `complete` calls fail, first to last.
+    failures: std::sync::Mutex<Vec<Failure>>,
+    max_output: usize,
+}
+
+#[derive(Clone, Copy)]
+enum Failure {
+    Unreachable,
+    LostReply,
+}
+
+impl Flaky {
+    fn new(failures: Vec<Failure>, max_output: usize) -> Self {
+        Flaky {
+            inner: MemoryStore::new(),
+            failures: std::sync::Mutex::new(failures),
+            max_output,
+        }
+    }
+}
+
+#[async_trait]
+impl Store for Flaky {
+    async fn claim(
+        &self,
+        key: &Key,
+        fp: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        self.inner.claim(key, fp, lease).await
+    }
+    async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
+        self.inner.renew(key, token, lease).await
+    }
+    async fn complete(
+        &self,
+        key: &Key,
+        token: Token,
+        output: Output,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        if output.bytes.len() > self.max_output {
+            return Err(StoreError::backend("complete", "packet too large"));
+        }
+        let failure = {
+            let mut failures = self.failures.lock().unwrap();
+            (!failures.is_empty()).then(|| failures.remove(0))
+        };
+        match failure {
+            None => self.inner.complete(key, token, output, ttl).await,
+            Some(Failure::Unreachable) => Err(StoreError::backend("complete", "unreachable")),
+            Some(Failure::LostReply) => {
+                self.inner.complete(key, token, output, ttl).await?;
+                Err(StoreError::backend("complete", "connection reset"))
+            }
+        }
+    }
+    async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
+        self.inner.release(key, token).await
+    }
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        self.inner.purge_expired().await
+    }
+    fn max_output_len(&self) -> usize {
+        self.max_output
+    }
+}
+
+#[idempotent(key = key, store = store, skip(calls, len))]
+async fn sized(store: &Flaky, calls: &Calls, key: &str, len: usize) -> Result<Vec<u8>, AppError> {
+    calls.hit();
+    Ok(vec![7; len])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_complete_is_retried_until_it_records() {
+    use Failure::{LostReply, Unreachable};
+    let store = Flaky::new(
+        vec![Unreachable, Unreachable, LostReply, Unreachable],
+        1 << 20,
+    );
+    let calls = Calls::default();
+    assert_eq!(sized(&store, &calls, "k", 3).await.unwrap(), vec![7; 3]);
+    // Recorded in the end (the lost reply's write counts): the retry replays at once,
+    // instead of finding the claim held until its lease runs out and then running again.
+    assert_eq!(sized(&store, &calls, "k", 3).await.unwrap(), vec![7; 3]);
+    assert_eq!(calls.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_the_store_cannot_hold_is_refused_and_the_claim_released() {
+    let store = Flaky::new(Vec::new(), 1024);
+    let calls = Calls::default();
+    let err = sized(&store, &calls, "k", 4096)
+        .await
+        .map(|v| v.len())
+        .unwrap_err();
+    match err.idem() {
+        Some(idem::Error::Codec(e)) => {
+            assert!(e.to_string().contains("more than the 1024"), "{e}")
+        }
+        other => panic!("expected Error::Codec, got {other:?}"),
+    }
+    // Released, not held for the lease: the next call runs (and records, this time).
+    assert_eq!(sized(&store, &calls, "k", 1000).await.unwrap().len(), 1000);
+    assert_eq!(sized(&store, &calls, "k", 1000).await.unwrap().len(), 1000);
+    assert_eq!(calls.count(), 2);
+}

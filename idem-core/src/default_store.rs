@@ -75,8 +75,9 @@ impl Store for DefaultStore {
     }
 
     fn max_output_len(&self) -> usize {
-        self.get()
-            .map_or(crate::codec::MAX_ENCODED_LEN, |store| store.max_output_len())
+        self.get().map_or(crate::codec::MAX_ENCODED_LEN, |store| {
+            store.max_output_len()
+        })
     }
 
     #[cfg(feature = "moka")]

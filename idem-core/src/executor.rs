@@ -3,9 +3,10 @@
 use futures_util::FutureExt;
 use futures_util::future::{Either, select};
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -18,6 +19,9 @@ use crate::{Error, Fingerprint, Key, StoreError};
 
 /// Longest pause between polls of a store that cannot notify waiters.
 const MAX_POLL: Duration = Duration::from_millis(250);
+/// The first pause before retrying a failed `complete`, doubling up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_millis(10);
+const MAX_RETRY: Duration = Duration::from_secs(1);
 
 /// Runs `body` at most once per key: the whole protocol of DESIGN.md.
 ///
@@ -104,7 +108,7 @@ impl<S: Store + ?Sized> Call<'_, S> {
                 self.outcome(Outcome::Panicked);
                 std::panic::resume_unwind(panic)
             }
-            Ok(Ok(value)) => match output.encode(&value) {
+            Ok(Ok(value)) => match output.encode(&value).and_then(|b| self.fits(b)) {
                 Ok(bytes) => {
                     self.record(token, Recorded::Ok, bytes).await;
                     Ok(value)
@@ -117,7 +121,7 @@ impl<S: Store + ?Sized> Call<'_, S> {
                 }
             },
             Ok(Err(error)) => {
-                match policy.record(&error) {
+                match policy.record(&error).map(|b| b.and_then(|b| self.fits(b))) {
                     Some(Ok(bytes)) => self.record(token, Recorded::Err, bytes).await,
                     Some(Err(e)) => {
                         tracing::warn!(%e, "could not encode the error to cache it; released");
@@ -132,6 +136,23 @@ impl<S: Store + ?Sized> Call<'_, S> {
                 Err(error)
             }
         }
+    }
+
+    /// The encoded output, if the store can record it: one it cannot would hold the claim
+    /// until its lease ran out and then run again, so it is refused like an unencodable one.
+    fn fits(&self, bytes: bytes::Bytes) -> Result<bytes::Bytes, CodecError> {
+        let max = self.store.max_output_len();
+        if bytes.len() <= max {
+            return Ok(bytes);
+        }
+        Err(CodecError::new(
+            "idem",
+            "record the output",
+            format!(
+                "it is {} bytes encoded, more than the {max} this store can record",
+                bytes.len()
+            ),
+        ))
     }
 
     /// Claims the key, waiting for a concurrent owner if the options say so.
@@ -255,7 +276,11 @@ impl<S: ?Sized> Call<'_, S> {
 impl<S: Store + ?Sized> Call<'_, S> {
     /// Runs the body while renewing the lease every third of it.
     async fn with_heartbeat<F: Future>(&self, token: Token, body: F) -> F::Output {
-        let body = pin!(body);
+        let mut body = pin!(body);
+        // A body that finishes in its first poll never arms the heartbeat's timer.
+        if let Poll::Ready(output) = poll_fn(|cx| Poll::Ready(body.as_mut().poll(cx))).await {
+            return output;
+        }
         let beat = pin!(self.heartbeat(token));
         match select(body, beat).await {
             Either::Left((output, _)) => output,
@@ -270,7 +295,7 @@ impl<S: Store + ?Sized> Call<'_, S> {
         let lease = self.options.lease;
         #[cfg(feature = "moka")]
         if let Some(memory) = self.store.as_memory() {
-            return memory.claim_inline(self.key, self.fingerprint, lease).await;
+            return Ok(memory.claim_now(self.key, self.fingerprint, lease));
         }
         self.store.claim(self.key, self.fingerprint, lease).await
     }
@@ -279,7 +304,7 @@ impl<S: Store + ?Sized> Call<'_, S> {
         let ttl = self.options.ttl;
         #[cfg(feature = "moka")]
         if let Some(memory) = self.store.as_memory() {
-            return memory.complete_inline(self.key, token, output, ttl).await;
+            return memory.complete_now(self.key, token, output, ttl);
         }
         self.store.complete(self.key, token, output, ttl).await
     }
@@ -287,7 +312,7 @@ impl<S: Store + ?Sized> Call<'_, S> {
     async fn store_release(&self, token: Token) -> Result<(), StoreError> {
         #[cfg(feature = "moka")]
         if let Some(memory) = self.store.as_memory() {
-            return memory.release_inline(self.key, token).await;
+            return memory.release_now(self.key, token);
         }
         self.store.release(self.key, token).await
     }
@@ -314,20 +339,31 @@ impl<S: Store + ?Sized> Call<'_, S> {
         }
     }
 
-    /// Records the output; a failure here does not undo the body, so it is logged, and the
-    /// caller still gets the body's result.
+    /// Records the output. A failure here does not undo the body, so the caller still gets
+    /// the body's result. `complete` is fenced and idempotent for its owner, so a failed one
+    /// is retried with backoff while the claim's lease lasts (the body just ended, and the
+    /// heartbeat renewed the lease at most a third of it ago); only a store unreachable for
+    /// that whole time leaves the key to run again after the lease.
     async fn record(&self, token: Token, outcome: Recorded, bytes: bytes::Bytes) {
         let output = Output { outcome, bytes };
-        match self.complete(token, output).await {
-            Ok(()) => self.outcome(Outcome::Executed),
-            Err(StoreError::LeaseLost) => {
-                tracing::warn!("lease lost: another call took the record over; not recorded");
-                self.outcome(Outcome::LeaseLost);
+        let give_up = Instant::now() + self.options.lease;
+        let mut pause = FIRST_RETRY;
+        loop {
+            let error = match self.complete(token, output.clone()).await {
+                Ok(()) => return self.outcome(Outcome::Executed),
+                Err(StoreError::LeaseLost) => {
+                    tracing::warn!("lease lost: another call took the record over; not recorded");
+                    return self.outcome(Outcome::LeaseLost);
+                }
+                Err(e) => e,
+            };
+            observe::store_error(self.options.namespace, "complete", &error);
+            let now = Instant::now();
+            if now + pause >= give_up {
+                return self.outcome(Outcome::StoreError);
             }
-            Err(e) => {
-                observe::store_error(self.options.namespace, "complete", &e);
-                self.outcome(Outcome::StoreError);
-            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_RETRY);
         }
     }
 

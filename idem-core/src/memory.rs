@@ -1,132 +1,124 @@
 //! `MemoryStore`: records in a moka cache, for one process.
 
 use async_trait::async_trait;
-use moka::future::Cache;
+use moka::notification::RemovalCause;
 use moka::policy::{EvictionPolicy, Expiry};
-use std::future::Future;
-use std::sync::Arc;
+use moka::sync::Cache;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Waker};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::watch;
 
 use crate::store::{Busy, Claim, Output, Record, Store, Token, Waiter};
 use crate::{Fingerprint, Key, KeyDigest, StoreError};
 
-/// How long moka keeps an entry past its deadline, so that `purge_expired` sees (and
-/// counts) what it removes; every read checks the deadline itself.
+/// How long moka keeps a record past its TTL, so that `purge_expired` sees (and counts)
+/// what it removes; every read checks the deadline itself.
 const GRACE: Duration = Duration::from_secs(1);
 
 /// The in-memory store: exactly-once within one process.
 ///
-/// Built on moka's `future::Cache`: a replay is one lock-free read; claim, complete, renew
-/// and release read, check and write a key under a lock shared by 1/256 of the keys, so
-/// each is atomic per key. Entries expire with their lease
-/// or TTL, and at most `max_capacity` records are kept — past that the least recently used
-/// are evicted, so size it above the number of keys live within a TTL. Calls waiting on
-/// an in-progress key are woken when it completes, not polled.
+/// Completed records live in a moka cache: a replay is one lock-free read, and at most
+/// `max_capacity` records are kept — past that the least recently used are evicted (counted
+/// by [`evicted`](MemoryStore::evicted) and the `idem_evictions_total` metric), so size it
+/// above the number of keys live within a TTL. In-progress claims live outside the cache, in
+/// maps under 256 locks picked by the key digest: capacity pressure never evicts a claim
+/// whose body may be running; a claim goes when it completes, is released, or its lease runs
+/// out (then it is taken over or purged). Each write of a key holds its lock, so claim,
+/// renew, complete and release are atomic per key, and none of them awaits. Calls waiting on
+/// a claim are woken when it completes or goes away, not polled.
 #[derive(Clone)]
 pub struct MemoryStore {
-    cache: Cache<KeyDigest, Arc<Slot>>,
-    /// Every write of a key holds the lock of its stripe (picked by a digest byte). A plain
-    /// `get` + `insert` under it costs half of moka's own atomic operations
-    /// (`entry().or_insert_with` / `and_compute_with`), which lock per key internally.
-    stripes: Arc<[Mutex<()>]>,
+    records: Cache<KeyDigest, Arc<Done>, BuildHasherDefault<DigestHasher>>,
+    claims: Arc<[Mutex<Claims>]>,
     tokens: Arc<AtomicU64>,
+    evicted: Arc<AtomicU64>,
 }
 
-/// One stripe per value of a digest byte (the digest is uniform).
+/// One lock per value of a digest byte (the digest is uniform).
 const STRIPES: usize = 1 << u8::BITS;
 
-enum Slot {
-    InProgress {
-        token: Token,
-        fingerprint: Fingerprint,
-        lease_until: Instant,
-        /// Set to `true` (and so waking waiters) when the claim completes or goes away.
-        changed: Arc<watch::Sender<bool>>,
-    },
-    Completed {
-        record: Record,
-        expires_at: Instant,
-    },
+type Claims = HashMap<KeyDigest, Held, BuildHasherDefault<DigestHasher>>;
+
+/// An in-progress claim.
+struct Held {
+    token: Token,
+    fingerprint: Fingerprint,
+    lease_until: Instant,
+    /// Created by the first call that waits for this claim (most claims have none); set to
+    /// `true` when the claim completes or goes away.
+    changed: Option<watch::Sender<bool>>,
 }
 
-impl Slot {
-    fn in_progress(token: Token, fingerprint: Fingerprint, lease_until: Instant) -> Slot {
-        Slot::InProgress {
-            token,
-            fingerprint,
-            lease_until,
-            changed: Arc::new(watch::Sender::new(false)),
-        }
+impl Held {
+    /// What a concurrent claimer gets: the owner's fingerprint, and a waiter.
+    fn busy(&mut self, now: Instant) -> Claim {
+        let mut changed = self
+            .changed
+            .get_or_insert_with(|| watch::Sender::new(false))
+            .subscribe();
+        Claim::InProgress(Busy {
+            fingerprint: self.fingerprint,
+            lease_remaining: Some(self.lease_until.saturating_duration_since(now)),
+            waiter: Some(Waiter::new(async move {
+                // The sender goes with the claim; either way the claim changed.
+                let _ = changed.wait_for(|done| *done).await;
+            })),
+        })
     }
 
-    fn deadline(&self) -> Instant {
-        match self {
-            Slot::InProgress { lease_until, .. } => *lease_until,
-            Slot::Completed { expires_at, .. } => *expires_at,
-        }
-    }
-
-    fn is_live(&self, now: Instant) -> bool {
-        self.deadline() > now
-    }
-
-    /// The fingerprint and waiters of the claim `token` holds, if it still holds it.
-    fn owned_by(&self, token: Token) -> Option<(&Fingerprint, &Arc<watch::Sender<bool>>)> {
-        match self {
-            Slot::InProgress {
-                token: owner,
-                fingerprint,
-                changed,
-                ..
-            } if *owner == token => Some((fingerprint, changed)),
-            _ => None,
+    fn wake(&self) {
+        if let Some(changed) = &self.changed {
+            changed.send_replace(true);
         }
     }
 }
 
-struct UntilDeadline;
+/// A completed record.
+struct Done {
+    /// The token that completed it: its owner's retry of `complete` is not an error.
+    token: Token,
+    record: Record,
+    expires_at: Instant,
+    /// The function that recorded it, for the eviction counter.
+    namespace: &'static str,
+}
 
-impl Expiry<KeyDigest, Arc<Slot>> for UntilDeadline {
-    fn expire_after_create(&self, _: &KeyDigest, slot: &Arc<Slot>, _: Instant) -> Option<Duration> {
-        Some(slot.deadline().saturating_duration_since(Instant::now()) + GRACE)
+/// Hashes a key digest by taking 8 of its bytes: it is already uniform (SHA-256). Not the
+/// first byte, which picks the claim lock, so that keys under one lock spread over buckets.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
     }
 
-    fn expire_after_update(
-        &self,
-        _: &KeyDigest,
-        slot: &Arc<Slot>,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(slot.deadline().saturating_duration_since(Instant::now()) + GRACE)
+    fn write(&mut self, bytes: &[u8]) {
+        match bytes.get(8..16) {
+            Some(word) => {
+                let mut buf = [0; 8];
+                buf.copy_from_slice(word);
+                self.0 ^= u64::from_le_bytes(buf);
+            }
+            // Not a digest (moka or std hashing something else): still a valid hash.
+            None => {
+                for &b in bytes {
+                    self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+                }
+            }
+        }
     }
 }
 
-/// What a live record means to a claimer: a replay, or an owner to wait for.
-fn live_claim(slot: &Slot, now: Instant) -> Claim {
-    match slot {
-        Slot::Completed { record, .. } => Claim::Completed(record.clone()),
-        Slot::InProgress {
-            fingerprint,
-            lease_until,
-            changed,
-            ..
-        } => {
-            let mut rx = changed.subscribe();
-            Claim::InProgress(Busy {
-                fingerprint: *fingerprint,
-                lease_remaining: Some(lease_until.saturating_duration_since(now)),
-                waiter: Some(Waiter::new(async move {
-                    // Finished between our read and the subscription: no wait at all.
-                    if !*rx.borrow_and_update() {
-                        let _ = rx.changed().await;
-                    }
-                })),
-            })
-        }
+struct UntilExpiry;
+
+impl Expiry<KeyDigest, Arc<Done>> for UntilExpiry {
+    fn expire_after_create(&self, _: &KeyDigest, done: &Arc<Done>, _: Instant) -> Option<Duration> {
+        Some(done.expires_at.saturating_duration_since(Instant::now()) + GRACE)
     }
 }
 
@@ -137,121 +129,168 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// A store holding at most 1,000,000 records.
+    /// A store holding at most 1,000,000 completed records.
     pub fn new() -> Self {
         Self::with_capacity(1_000_000)
     }
 
-    /// A store holding at most `max_capacity` records (least recently used evicted first).
+    /// A store holding at most `max_capacity` completed records (least recently used
+    /// evicted first). In-progress claims do not count and are never evicted.
     pub fn with_capacity(max_capacity: u64) -> Self {
-        let cache = Cache::builder()
+        let evicted = Arc::new(AtomicU64::new(0));
+        let records = Cache::builder()
             .max_capacity(max_capacity)
-            // LRU admits every new entry; TinyLFU could refuse a fresh claim when full.
+            // LRU admits every new record; TinyLFU could refuse one when full.
             .eviction_policy(EvictionPolicy::lru())
-            .expire_after(UntilDeadline)
-            .build();
+            .expire_after(UntilExpiry)
+            .eviction_listener({
+                let evicted = evicted.clone();
+                move |_, done: Arc<Done>, cause| {
+                    if cause == RemovalCause::Size {
+                        evicted.fetch_add(1, Ordering::Relaxed);
+                        #[cfg(feature = "metrics")]
+                        metrics::counter!("idem_evictions_total", "function" => done.namespace)
+                            .increment(1);
+                        #[cfg(not(feature = "metrics"))]
+                        let _ = done;
+                    }
+                }
+            })
+            .build_with_hasher(BuildHasherDefault::default());
         MemoryStore {
-            cache,
-            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            records,
+            claims: (0..STRIPES).map(|_| Mutex::default()).collect(),
             tokens: Arc::new(AtomicU64::new(1)),
+            evicted,
         }
     }
 
-    /// How many records it holds (approximate, as moka counts).
+    /// How many records and claims it holds (records as moka counts them: approximate).
     pub fn entry_count(&self) -> u64 {
-        self.cache.entry_count()
+        let claims: usize = (0..STRIPES).map(|i| self.lock(i).len()).sum();
+        self.records.entry_count() + claims as u64
+    }
+
+    /// How many completed records were evicted to stay within the capacity. Each is a key
+    /// whose next call runs the body again instead of replaying: size the store above the
+    /// keys live within a TTL, and watch this stay at 0.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 
     fn next_token(&self) -> Token {
         Token::new(self.tokens.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// The lock every write of `key` holds. Moka's own expiry and eviction only remove
-    /// entries, which every reader treats as absent anyway.
-    fn stripe(&self, key: &KeyDigest) -> &Mutex<()> {
-        &self.stripes[usize::from(key.as_bytes()[0])]
+    fn lock(&self, stripe: usize) -> MutexGuard<'_, Claims> {
+        // Nothing panics while holding it; if something did, the maps are still consistent.
+        self.claims[stripe]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// [`Store::claim`]; the executor awaits it in place (see [`Store::as_memory`]).
-    pub(crate) async fn claim_inline(
-        &self,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-    ) -> Result<Claim, StoreError> {
+    /// The claims of `key`'s stripe. Every write of a key holds this lock — completion
+    /// moves a claim into `records` under it — so a claimer that holds it and finds no claim
+    /// and no record knows the key is free.
+    fn claims_of(&self, key: &KeyDigest) -> MutexGuard<'_, Claims> {
+        self.lock(usize::from(key.as_bytes()[0]))
+    }
+
+    fn live_record(&self, key: &KeyDigest, now: Instant) -> Option<Record> {
+        self.records
+            .get(key)
+            .filter(|done| done.expires_at > now)
+            .map(|done| done.record.clone())
+    }
+
+    /// [`Store::claim`], without a future: the executor calls it directly.
+    pub(crate) fn claim_now(&self, key: &Key, fingerprint: &Fingerprint, lease: Duration) -> Claim {
         let digest = key.digest();
-        // A replay, or a call to wait for: one read, no lock.
-        if let Some(slot) = self.cache.get(digest).await {
-            let now = Instant::now();
-            if slot.is_live(now) {
-                return Ok(live_claim(&slot, now));
-            }
+        // A replay: one read, no lock.
+        if let Some(record) = self.live_record(digest, Instant::now()) {
+            return Claim::Completed(record);
         }
-        let _writing = self.stripe(digest).lock().await;
-        // Read again under the lock: a racing claimer may have got there first.
+        let mut claims = self.claims_of(digest);
         let now = Instant::now();
-        let stale = match self.cache.get(digest).await {
-            Some(slot) if slot.is_live(now) => return Ok(live_claim(&slot, now)),
-            stale => stale,
-        };
-        let token = self.next_token();
-        let slot = Slot::in_progress(token, *fingerprint, now + lease);
-        self.cache.insert(*digest, Arc::new(slot)).await;
-        // Waiters on an expired claim are woken to claim again.
-        if let Some(Slot::InProgress { changed, .. }) = stale.as_deref() {
-            changed.send_replace(true);
+        match claims.entry(*digest) {
+            Entry::Occupied(mut held) if held.get().lease_until > now => {
+                return held.get_mut().busy(now);
+            }
+            // Its lease ran out: taken over below, and its waiters claim again.
+            Entry::Occupied(expired) => expired.remove().wake(),
+            Entry::Vacant(_) => {}
         }
-        Ok(Claim::Claimed(token))
+        // Completed between the read above and the lock.
+        if let Some(record) = self.live_record(digest, now) {
+            return Claim::Completed(record);
+        }
+        let token = self.next_token();
+        let held = Held {
+            token,
+            fingerprint: *fingerprint,
+            lease_until: now + lease,
+            changed: None,
+        };
+        claims.insert(*digest, held);
+        Claim::Claimed(token)
     }
 
-    /// [`Store::complete`], awaited in place by the executor.
-    pub(crate) async fn complete_inline(
+    /// [`Store::complete`], without a future.
+    pub(crate) fn complete_now(
         &self,
         key: &Key,
         token: Token,
         output: Output,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        self.fenced(key.digest(), token, |fingerprint, _| {
-            Some(Slot::Completed {
-                record: Record {
-                    fingerprint: *fingerprint,
-                    output,
-                },
-                expires_at: Instant::now() + ttl,
-            })
-        })
-        .await
-    }
-
-    /// [`Store::release`], awaited in place by the executor.
-    pub(crate) async fn release_inline(&self, key: &Key, token: Token) -> Result<(), StoreError> {
-        self.fenced(key.digest(), token, |_, _| None).await
-    }
-
-    /// Replaces the record `token` owns with `next` (or removes it); waiters are woken
-    /// unless it is still in progress.
-    async fn fenced(
-        &self,
-        key: &KeyDigest,
-        token: Token,
-        next: impl FnOnce(&Fingerprint, &Arc<watch::Sender<bool>>) -> Option<Slot>,
-    ) -> Result<(), StoreError> {
-        let _writing = self.stripe(key).lock().await;
-        let slot = self.cache.get(key).await;
-        let Some((fingerprint, changed)) = slot.as_deref().and_then(|s| s.owned_by(token)) else {
-            return Err(StoreError::LeaseLost);
-        };
-        match next(fingerprint, changed) {
-            Some(next @ Slot::InProgress { .. }) => {
-                self.cache.insert(*key, Arc::new(next)).await;
-                return Ok(());
+        let digest = key.digest();
+        let mut claims = self.claims_of(digest);
+        match claims.entry(*digest) {
+            Entry::Occupied(held) if held.get().token == token => {
+                let held = held.remove();
+                let done = Done {
+                    token,
+                    record: Record {
+                        fingerprint: held.fingerprint,
+                        output,
+                    },
+                    expires_at: Instant::now() + ttl,
+                    namespace: key.namespace(),
+                };
+                self.records.insert(*digest, Arc::new(done));
+                held.wake();
+                Ok(())
             }
-            Some(next) => self.cache.insert(*key, Arc::new(next)).await,
-            None => self.cache.invalidate(key).await,
+            Entry::Occupied(_) => Err(StoreError::LeaseLost),
+            // Already completed by this token: a retry after a lost reply.
+            Entry::Vacant(_) => match self.records.get(digest) {
+                Some(done) if done.token == token => Ok(()),
+                _ => Err(StoreError::LeaseLost),
+            },
         }
-        changed.send_replace(true);
-        Ok(())
+    }
+
+    /// [`Store::release`], without a future.
+    pub(crate) fn release_now(&self, key: &Key, token: Token) -> Result<(), StoreError> {
+        let mut claims = self.claims_of(key.digest());
+        match claims.entry(*key.digest()) {
+            Entry::Occupied(held) if held.get().token == token => {
+                held.remove().wake();
+                Ok(())
+            }
+            _ => Err(StoreError::LeaseLost),
+        }
+    }
+
+    fn renew_now(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
+        let mut claims = self.claims_of(key.digest());
+        match claims.get_mut(key.digest()) {
+            Some(held) if held.token == token => {
+                held.lease_until = Instant::now() + lease;
+                Ok(())
+            }
+            _ => Err(StoreError::LeaseLost),
+        }
     }
 }
 
@@ -263,19 +302,11 @@ impl Store for MemoryStore {
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        self.claim_inline(key, fingerprint, lease).await
+        Ok(self.claim_now(key, fingerprint, lease))
     }
 
     async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
-        self.fenced(key.digest(), token, |fingerprint, changed| {
-            Some(Slot::InProgress {
-                token,
-                fingerprint: *fingerprint,
-                lease_until: Instant::now() + lease,
-                changed: changed.clone(),
-            })
-        })
-        .await
+        self.renew_now(key, token, lease)
     }
 
     async fn complete(
@@ -285,51 +316,50 @@ impl Store for MemoryStore {
         output: Output,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        self.complete_inline(key, token, output, ttl).await
+        self.complete_now(key, token, output, ttl)
     }
 
     async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
-        self.release_inline(key, token).await
+        self.release_now(key, token)
     }
 
+    /// Releases at once: nothing here waits.
     fn release_on_drop(&self, key: &Key, token: Token) {
-        let store = self.clone();
-        let digest = *key.digest();
-        let mut release = Box::pin(async move {
-            let _ = store.fenced(&digest, token, |_, _| None).await;
-        });
-        // Usually done in the first poll, so the next call finds the key free; else it
-        // finishes on the runtime (and failing that, the lease expires).
-        if release
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()))
-            .is_pending()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            runtime.spawn(release);
-        }
+        let _ = self.release_now(key, token);
     }
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         let now = Instant::now();
+        let mut purged = 0;
+        for stripe in 0..STRIPES {
+            self.lock(stripe).retain(|_, held| {
+                let live = held.lease_until > now;
+                if !live {
+                    held.wake();
+                    purged += 1;
+                }
+                live
+            });
+        }
         let expired: Vec<KeyDigest> = self
-            .cache
+            .records
             .iter()
-            .filter(|(_, slot)| !slot.is_live(now))
+            .filter(|(_, done)| done.expires_at <= now)
             .map(|(key, _)| *key)
             .collect();
-        let mut purged = 0;
         for key in expired {
-            let _writing = self.stripe(&key).lock().await;
-            // Claimed again since the scan: not ours to remove.
-            if let Some(slot) = self.cache.get(&key).await
-                && !slot.is_live(Instant::now())
+            let _writing = self.claims_of(&key);
+            // Completed again since the scan: not ours to remove.
+            if self
+                .records
+                .get(&key)
+                .is_some_and(|done| done.expires_at <= Instant::now())
             {
-                self.cache.invalidate(&key).await;
+                self.records.invalidate(&key);
                 purged += 1;
             }
         }
-        self.cache.run_pending_tasks().await;
+        self.records.run_pending_tasks();
         Ok(purged)
     }
 

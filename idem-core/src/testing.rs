@@ -62,6 +62,9 @@ pub async fn run_all<S: Store + ?Sized + 'static>(store: Arc<S>) {
     keys_and_namespaces_are_independent(&store).await;
     lease_remaining_is_bounded(&store).await;
     waiter_wakes_on_change(&store).await;
+    cancelled_claims_leave_nothing_behind(&store).await;
+    largest_output_round_trips(&store).await;
+    claims_survive_record_pressure(&store).await;
 }
 
 /// A fresh key is `Claimed`; a second claim of it is `InProgress` and reports the
@@ -254,8 +257,9 @@ pub async fn fencing_rejects_wrong_tokens<S: Store + ?Sized + 'static>(store: &A
     );
 }
 
-/// Once completed, a record is final: the owner's token can neither complete it again,
-/// release it nor renew it (`LeaseLost`), and the first output stays.
+/// Once completed, a record is final. Completing it again with the owner's token — the
+/// retry of a `complete` whose reply was lost — is `Ok(())` and changes nothing; the owner
+/// can neither release it nor renew it (`LeaseLost`); the first output stays.
 pub async fn completed_record_is_final<S: Store + ?Sized + 'static>(store: &Arc<S>) {
     const CHECK: &str = "completed_record_is_final";
     let key = new_key(CHECK);
@@ -267,12 +271,12 @@ pub async fn completed_record_is_final<S: Store + ?Sized + 'static>(store: &Arc<
         CHECK,
         "first complete",
     );
-    lease_lost(
+    ok(
         store
             .complete(&key, token, output(Outcome::Ok, b"second".to_vec()), LONG)
             .await,
         CHECK,
-        "second complete with the same token",
+        "second complete with the same token (a retry after a lost reply)",
     );
     lease_lost(
         store.release(&key, token).await,
@@ -905,6 +909,175 @@ pub async fn waiter_wakes_on_change<S: Store + ?Sized + 'static>(store: &Arc<S>)
     }
 }
 
+/// A claim cancelled at any point — before its request left, while it was in flight, after
+/// the store applied it but before the answer arrived — holds the key for at most a short
+/// cleanup: a new claim of the key is `Claimed` within 1 s. (A store that applies a claim
+/// its caller stopped waiting for must release that claim itself.) The claim is dropped
+/// after 0 to 128 polls and after 1 to 5 ms.
+pub async fn cancelled_claims_leave_nothing_behind<S: Store + ?Sized + 'static>(store: &Arc<S>) {
+    const CHECK: &str = "cancelled_claims_leave_nothing_behind";
+    let polls = [0, 1, 2, 4, 8, 16, 32, 64, 128].map(Cancel::AfterPolls);
+    let delays = [1, 2, 5].map(|ms| Cancel::After(Duration::from_millis(ms)));
+    for cancel in polls.into_iter().chain(delays) {
+        let key = new_key(CHECK);
+        let fp = fingerprint();
+        if let Some(finished) = cancel.run(claim(&**store, &key, &fp, LONG)).await {
+            // It finished before the cancellation: nothing to check but a clean release.
+            let token = claimed(
+                finished,
+                CHECK,
+                &format!("claim not cancelled ({cancel:?})"),
+            );
+            ok(store.release(&key, token).await, CHECK, "release");
+            continue;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            match claim(&**store, &key, &fingerprint(), LONG).await {
+                Ok(Claim::Claimed(token)) => {
+                    ok(store.release(&key, token).await, CHECK, "release");
+                    break;
+                }
+                Ok(Claim::InProgress(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => panic!(
+                    "[{CHECK}] a claim cancelled {cancel:?} still held the key 1 s later: {}",
+                    brief(&other)
+                ),
+            }
+        }
+    }
+}
+
+/// When [`cancelled_claims_leave_nothing_behind`] drops a claim.
+#[derive(Clone, Copy, Debug)]
+enum Cancel {
+    /// After polling it this many times more than once, yielding to the runtime between.
+    AfterPolls(usize),
+    /// After this long.
+    After(Duration),
+}
+
+impl Cancel {
+    /// `Some(output)` if `future` finished before the cancellation.
+    async fn run<F: Future>(self, future: F) -> Option<F::Output> {
+        match self {
+            Cancel::After(delay) => tokio::time::timeout(delay, future).await.ok(),
+            Cancel::AfterPolls(polls) => {
+                let mut future = std::pin::pin!(future);
+                for _ in 0..=polls {
+                    let poll =
+                        std::future::poll_fn(|cx| std::task::Poll::Ready(future.as_mut().poll(cx)))
+                            .await;
+                    if let std::task::Poll::Ready(output) = poll {
+                        return Some(output);
+                    }
+                    tokio::task::yield_now().await;
+                }
+                None
+            }
+        }
+    }
+}
+
+/// An output of exactly [`Store::max_output_len`] bytes is recorded and replayed byte for
+/// byte (the executor refuses anything larger before it completes, so the limit must be
+/// true), and the limit is at least 1 MiB.
+pub async fn largest_output_round_trips<S: Store + ?Sized + 'static>(store: &Arc<S>) {
+    const CHECK: &str = "largest_output_round_trips";
+    let max = store.max_output_len();
+    assert!(
+        max >= 1 << 20,
+        "[{CHECK}] max_output_len() is {max} bytes: a store must hold outputs of at least 1 MiB"
+    );
+    let bytes: Vec<u8> = (0..max)
+        .map(|i| (i % 251) as u8 ^ (i >> 16) as u8)
+        .collect();
+    let key = new_key(CHECK);
+    let fp = fingerprint();
+    let token = claimed(claim(&**store, &key, &fp, LONG).await, CHECK, "claim");
+    let out = output(Outcome::Ok, bytes);
+    ok(
+        store.complete(&key, token, out.clone(), LONG).await,
+        CHECK,
+        &format!("complete with an output of max_output_len() = {max} bytes"),
+    );
+    let record = completed(claim(&**store, &key, &fp, LONG).await, CHECK, "replay");
+    assert_record(
+        &record,
+        &Record {
+            fingerprint: fp,
+            output: out,
+        },
+        CHECK,
+        "replay of the largest output",
+    );
+}
+
+/// How many other keys [`claims_survive_record_pressure`] records around its claim.
+const PRESSURE_KEYS: usize = 2_000;
+
+/// An in-progress claim stays while many other records come and go: a store that bounds its
+/// size may forget completed records, never a claim whose body may still be running (else a
+/// duplicate runs the body again — and keys are often chosen by clients). [`PRESSURE_KEYS`]
+/// other keys are claimed and completed by 8 tasks; then the claim is still in progress with
+/// its fingerprint, its owner completes it, and it replays.
+pub async fn claims_survive_record_pressure<S: Store + ?Sized + 'static>(store: &Arc<S>) {
+    const CHECK: &str = "claims_survive_record_pressure";
+    const TASKS: usize = 8;
+    let key = new_key(CHECK);
+    let fp = fingerprint();
+    let token = claimed(claim(&**store, &key, &fp, LONG).await, CHECK, "claim");
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..TASKS {
+        let store = store.clone();
+        flood.spawn(async move {
+            for _ in 0..PRESSURE_KEYS / TASKS {
+                let other = new_key(CHECK);
+                let fp = fingerprint();
+                let token = claimed(claim(&*store, &other, &fp, LONG).await, CHECK, "flood");
+                let out = output(Outcome::Ok, vec![7; 64]);
+                ok(
+                    store.complete(&other, token, out, LONG).await,
+                    CHECK,
+                    "flood complete",
+                );
+            }
+        });
+    }
+    while let Some(done) = flood.join_next().await {
+        if let Err(e) = done {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+    let busy = in_progress(
+        claim(&**store, &key, &fingerprint(), LONG).await,
+        CHECK,
+        &format!("the claim after {PRESSURE_KEYS} other keys were recorded"),
+    );
+    assert_eq!(
+        busy.fingerprint, fp,
+        "[{CHECK}] the claim must keep its fingerprint"
+    );
+    let out = output(Outcome::Ok, b"survived".to_vec());
+    ok(
+        store.complete(&key, token, out.clone(), LONG).await,
+        CHECK,
+        "complete by the owner after the flood",
+    );
+    let record = completed(claim(&**store, &key, &fp, LONG).await, CHECK, "replay");
+    assert_record(
+        &record,
+        &Record {
+            fingerprint: fp,
+            output: out,
+        },
+        CHECK,
+        "replay after the flood",
+    );
+}
+
 /// Runs `test` to completion on a new two-worker multi-threaded tokio runtime; what
 /// [`store_conformance_tests!`](crate::store_conformance_tests) expands to, so that the
 /// crate using it needs no tokio features of its own.
@@ -989,6 +1162,9 @@ macro_rules! __conformance_checks {
             keys_and_namespaces_are_independent,
             lease_remaining_is_bounded,
             waiter_wakes_on_change,
+            cancelled_claims_leave_nothing_behind,
+            largest_output_round_trips,
+            claims_survive_record_pressure,
         );
     };
 }
@@ -1159,7 +1335,14 @@ mod tests {
         LeaseRemainingTooLong,
         WaiterReadyAtOnce,
         WaiterNeverWakes,
+        CompleteNotIdempotent,
+        OrphanOnCancel,
+        EvictsClaims,
+        OverstatesMaxOutput,
     }
+
+    /// How many records the store keeps with [`Bug::EvictsClaims`].
+    const EVICTING_CAPACITY: usize = 64;
 
     enum Slot {
         Claimed {
@@ -1200,6 +1383,18 @@ mod tests {
 
         fn slots(&self) -> MutexGuard<'_, HashMap<KeyDigest, Slot>> {
             self.slots.lock().unwrap_or_else(|e| e.into_inner())
+        }
+
+        /// Inserts a slot; with [`Bug::EvictsClaims`], first makes room by evicting any
+        /// record, claims included.
+        fn insert(&self, slots: &mut HashMap<KeyDigest, Slot>, index: KeyDigest, slot: Slot) {
+            if self.bug == Bug::EvictsClaims && slots.len() >= EVICTING_CAPACITY {
+                let victim = slots.keys().find(|k| **k != index).copied();
+                if let Some(victim) = victim {
+                    slots.remove(&victim);
+                }
+            }
+            slots.insert(index, slot);
         }
 
         fn index(&self, key: &Key) -> KeyDigest {
@@ -1263,49 +1458,57 @@ mod tests {
                 self.slots().insert(index, slot);
                 return Ok(Claim::Claimed(token));
             }
-            let mut slots = self.slots();
-            match slots.get(&index) {
-                Some(slot @ Slot::Done { record, .. }) if live(slot) => {
-                    let mut record = record.clone();
-                    if self.bug == Bug::ReplayReportsCallerFingerprint {
-                        record.fingerprint = *fingerprint;
+            let claim = {
+                let mut slots = self.slots();
+                match slots.get(&index) {
+                    Some(slot @ Slot::Done { record, .. }) if live(slot) => {
+                        let mut record = record.clone();
+                        if self.bug == Bug::ReplayReportsCallerFingerprint {
+                            record.fingerprint = *fingerprint;
+                        }
+                        Ok(Claim::Completed(record))
                     }
-                    Ok(Claim::Completed(record))
+                    Some(
+                        slot @ Slot::Claimed {
+                            fingerprint: owner,
+                            until,
+                            ..
+                        },
+                    ) if live(slot) => Ok(Claim::InProgress(Busy {
+                        fingerprint: if self.bug == Bug::BusyReportsCallerFingerprint {
+                            *fingerprint
+                        } else {
+                            *owner
+                        },
+                        lease_remaining: Some(if self.bug == Bug::LeaseRemainingTooLong {
+                            until.saturating_duration_since(now) * 2
+                        } else {
+                            until.saturating_duration_since(now)
+                        }),
+                        waiter: match self.bug {
+                            Bug::WaiterReadyAtOnce => Some(Waiter::new(async {})),
+                            Bug::WaiterNeverWakes => Some(Waiter::new(std::future::pending())),
+                            _ => None,
+                        },
+                    })),
+                    _ => {
+                        let token = self.token(&index);
+                        let slot = Slot::Claimed {
+                            token,
+                            fingerprint: *fingerprint,
+                            until: now + lease,
+                        };
+                        self.insert(&mut slots, index, slot);
+                        Ok(Claim::Claimed(token))
+                    }
                 }
-                Some(
-                    slot @ Slot::Claimed {
-                        fingerprint: owner,
-                        until,
-                        ..
-                    },
-                ) if live(slot) => Ok(Claim::InProgress(Busy {
-                    fingerprint: if self.bug == Bug::BusyReportsCallerFingerprint {
-                        *fingerprint
-                    } else {
-                        *owner
-                    },
-                    lease_remaining: Some(if self.bug == Bug::LeaseRemainingTooLong {
-                        until.saturating_duration_since(now) * 2
-                    } else {
-                        until.saturating_duration_since(now)
-                    }),
-                    waiter: match self.bug {
-                        Bug::WaiterReadyAtOnce => Some(Waiter::new(async {})),
-                        Bug::WaiterNeverWakes => Some(Waiter::new(std::future::pending())),
-                        _ => None,
-                    },
-                })),
-                _ => {
-                    let token = self.token(&index);
-                    let slot = Slot::Claimed {
-                        token,
-                        fingerprint: *fingerprint,
-                        until: now + lease,
-                    };
-                    slots.insert(index, slot);
-                    Ok(Claim::Claimed(token))
-                }
+            };
+            if self.bug == Bug::OrphanOnCancel && matches!(claim, Ok(Claim::Claimed(_))) {
+                // Applied, and the answer is on its way: a cancellation now leaves the
+                // claim behind.
+                tokio::task::yield_now().await;
             }
+            claim
         }
 
         async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
@@ -1331,7 +1534,20 @@ mod tests {
         ) -> Result<(), StoreError> {
             let index = self.index(key);
             let mut slots = self.slots();
+            if self.bug == Bug::OverstatesMaxOutput && output.bytes.len() > 2 << 20 {
+                return Err(StoreError::backend("complete", "packet too large"));
+            }
             let fingerprint = match slots.get(&index) {
+                // The owner again: a retry after a lost reply.
+                Some(Slot::Done { token: owner, .. })
+                    if *owner == token && self.bug != Bug::CompleteOverwritesCompleted =>
+                {
+                    return if self.bug == Bug::CompleteNotIdempotent {
+                        Err(StoreError::LeaseLost)
+                    } else {
+                        Ok(())
+                    };
+                }
                 Some(slot) if self.owns(Some(slot), token, Bug::UnfencedComplete) => match slot {
                     Slot::Claimed { fingerprint, .. } => *fingerprint,
                     Slot::Done { record, .. } => record.fingerprint,
@@ -1358,7 +1574,8 @@ mod tests {
                 output,
             };
             let until = Instant::now() + ttl;
-            slots.insert(
+            self.insert(
+                &mut slots,
                 index,
                 Slot::Done {
                     token,
@@ -1454,5 +1671,9 @@ mod tests {
         catches_overlong_lease_remaining: LeaseRemainingTooLong fails lease_remaining_is_bounded;
         catches_waiter_ready_at_once: WaiterReadyAtOnce fails waiter_wakes_on_change;
         catches_waiter_never_waking: WaiterNeverWakes fails waiter_wakes_on_change;
+        catches_complete_refusing_its_retry: CompleteNotIdempotent fails completed_record_is_final;
+        catches_claims_orphaned_by_cancellation: OrphanOnCancel fails cancelled_claims_leave_nothing_behind;
+        catches_evicted_claims: EvictsClaims fails claims_survive_record_pressure;
+        catches_overstated_max_output: OverstatesMaxOutput fails largest_output_round_trips;
     }
 }

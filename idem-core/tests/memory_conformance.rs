@@ -24,3 +24,7 @@ async fn two_suites_share_one_store() {
         testing::run_all(store.clone()),
     );
 }
+
+// The whole suite again on a store far smaller than what the checks record: capacity
+// pressure must evict only completed records, never a claim.
+idem_core::store_conformance_tests!(small_capacity, Arc::new(MemoryStore::with_capacity(64)));
