@@ -284,6 +284,67 @@ impl Baseline {
 }
 
 // ---------------------------------------------------------------------------------------
+// The peer: the `idempotent` 0.3 crate's in-memory store, doing the same work per call: a
+// key of scope and key, a fingerprint of the request's bincode (its xxh3 strategy), a
+// claim, the body, bincode for the output, a fenced completion; a replay is the claim that
+// finds the completed entry, its fingerprint check and the decode.
+
+mod peer {
+    use super::{Receipt, TTL, Transfer, settle};
+    use idempotent::entry::ExistingEntry;
+    use idempotent::fingerprint::{DefaultFingerprintStrategy, Fingerprint, FingerprintStrategy};
+    use idempotent::store::memory::MemoryStore;
+    use idempotent::store::{IdempotencyStore, InsertResult};
+    use idempotent::{CachedResponse, IdempotencyEntry, IdempotencyKey, Metadata};
+    use std::time::Duration;
+
+    pub(crate) struct Peer(MemoryStore);
+
+    impl Peer {
+        /// Spawns the store's task: call inside the runtime.
+        pub(crate) fn new() -> Self {
+            Peer(MemoryStore::new(1024, Duration::from_secs(60)))
+        }
+
+        fn key_and_fingerprint(req: &Transfer) -> (IdempotencyKey, Fingerprint) {
+            let key = IdempotencyKey::new(format!("{}/{}", req.user_id, req.request_id)).unwrap();
+            let body = bincode::serde::encode_to_vec(req, bincode::config::standard()).unwrap();
+            (key, DefaultFingerprintStrategy.compute("transfer", &body))
+        }
+
+        pub(crate) async fn call(&self, req: Transfer) -> Receipt {
+            let (key, fingerprint) = Self::key_and_fingerprint(&req);
+            let entry = IdempotencyEntry::new(fingerprint, TTL);
+            match self.0.try_insert(&key, entry).await.unwrap() {
+                InsertResult::Claimed { fencing_token } => {
+                    let receipt = settle(&req);
+                    let body = bincode::serde::encode_to_vec(&receipt, bincode::config::standard())
+                        .unwrap();
+                    let response = CachedResponse {
+                        status_code: 200,
+                        metadata: Metadata::default(),
+                        body: body.into(),
+                    };
+                    let done = IdempotencyEntry::new(fingerprint, TTL).complete(response);
+                    self.0.complete(&key, done, fencing_token).await.unwrap();
+                    receipt
+                }
+                InsertResult::Exists(ExistingEntry::Completed(done)) => {
+                    assert!(done.fingerprint_matches(fingerprint), "payload mismatch");
+                    let (receipt, _) = bincode::serde::decode_from_slice(
+                        &done.response().body,
+                        bincode::config::standard(),
+                    )
+                    .unwrap();
+                    receipt
+                }
+                InsertResult::Exists(ExistingEntry::Processing(_)) => panic!("in progress"),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 
 fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -329,6 +390,19 @@ fn bench_fresh(c: &mut Criterion) {
             })
         })
     });
+    group.bench_function("peer_idempotent", |b| {
+        b.iter_custom(|iters| {
+            let reqs = fresh_requests(iters);
+            rt.block_on(async {
+                let peer = peer::Peer::new();
+                let start = Clock::thread();
+                for req in reqs {
+                    black_box(peer.call(req).await);
+                }
+                start.elapsed()
+            })
+        })
+    });
     for (name, protocol) in [
         ("baseline", Fresh::InsertIfAbsent),
         ("baseline_get_first", Fresh::GetFirst),
@@ -358,11 +432,14 @@ fn bench_replay(c: &mut Criterion) {
 
     let store = MemoryStore::new();
     let base = Baseline::new();
-    let recorded = rt.block_on(async {
+    let (recorded, peer) = rt.block_on(async {
         let a = transfer(&store, request(u64::MAX)).await.unwrap();
         let b = base.fresh(request(u64::MAX)).await.unwrap();
+        let peer = peer::Peer::new();
+        let c = peer.call(request(u64::MAX)).await;
         assert_eq!(a, b);
-        a
+        assert_eq!(a, c);
+        (a, peer)
     });
 
     group.bench_function("idem", |b| {
@@ -384,6 +461,18 @@ fn bench_replay(c: &mut Criterion) {
                 let start = Clock::thread();
                 for req in reqs {
                     black_box(base.replay(req).await.unwrap());
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.bench_function("peer_idempotent", |b| {
+        b.iter_custom(|iters| {
+            let reqs = vec![request(u64::MAX); iters as usize];
+            rt.block_on(async {
+                let start = Clock::thread();
+                for req in reqs {
+                    black_box(peer.call(req).await);
                 }
                 start.elapsed()
             })
@@ -579,6 +668,33 @@ fn bench_concurrent(c: &mut Criterion) {
                 start.elapsed()
             });
             // Report per requested iteration; a few extra ops from rounding up are noise.
+            elapsed.mul_f64(iters as f64 / (per_task * TASKS) as f64)
+        })
+    });
+    group.bench_function(BenchmarkId::from_parameter("peer_idempotent"), |b| {
+        b.iter_custom(|iters| {
+            let per_task = iters.div_ceil(TASKS);
+            let batches: Vec<Vec<Transfer>> =
+                (0..TASKS).map(|_| fresh_requests(per_task)).collect();
+            let elapsed = rt.block_on(async {
+                let peer = Arc::new(peer::Peer::new());
+                let start = Clock::process();
+                let handles: Vec<_> = batches
+                    .into_iter()
+                    .map(|reqs| {
+                        let peer = peer.clone();
+                        tokio::spawn(async move {
+                            for req in reqs {
+                                black_box(peer.call(req).await);
+                            }
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    h.await.unwrap();
+                }
+                start.elapsed()
+            });
             elapsed.mul_f64(iters as f64 / (per_task * TASKS) as f64)
         })
     });

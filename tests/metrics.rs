@@ -89,3 +89,31 @@ fn outcomes_are_counted() {
     assert_eq!(get("idem_mismatches_total"), 1);
     assert_eq!(get("idem_conflicts_total"), 0);
 }
+
+#[test]
+fn evictions_are_counted() {
+    let recorder = Counts::default();
+    let store = MemoryStore::with_capacity(8);
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let calls = Calls::default();
+            for i in 0..100 {
+                observed(&store, &calls, &format!("key-{i}"), 1, false)
+                    .await
+                    .unwrap();
+            }
+            // Lets moka finish its pending evictions (on this thread, under the recorder).
+            idem::Store::purge_expired(&store).await.unwrap();
+        });
+    });
+    let counts = recorder.0.lock().unwrap();
+    let counted = counts
+        .get("idem_evictions_total")
+        .map_or(0, |c| c.0.load(Ordering::SeqCst));
+    assert!(store.evicted() >= 92, "evicted {}", store.evicted());
+    assert_eq!(counted, store.evicted());
+}

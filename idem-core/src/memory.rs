@@ -84,6 +84,7 @@ struct Done {
     record: Record,
     expires_at: Instant,
     /// The function that recorded it, for the eviction counter.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     namespace: &'static str,
 }
 
