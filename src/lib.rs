@@ -35,6 +35,7 @@ pub use idem_core::{
     Outcome, Output, Record, Store, StoreError, Token, TxStore, purge_periodically, run_in_tx,
     set_default_store,
 };
+#[doc = include_str!("docs/idempotent.md")]
 pub use idem_macros::idempotent;
 
 /// Codecs for recorded outputs; pick one with `#[idempotent(codec = ...)]`.

@@ -12,8 +12,7 @@ mod parse;
 /// Makes an async function idempotent: the first call with a key runs the body and records
 /// its result; later calls with that key replay it.
 ///
-/// See the `idem` crate for the options (`key`, `scope`, `store`, `hash`, `skip`, `ttl`,
-/// `lease`, `on_conflict`, `wait_timeout`, `errors`, `name`, `codec`, `crate`).
+/// Use it as `idem::idempotent`, whose documentation is the manual of every option.
 #[proc_macro_attribute]
 pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::idempotent(args.into(), item.into()).into()
