@@ -12,9 +12,9 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::error::CodecError;
-use crate::observe::{self, Outcome};
+use crate::observe::{self, CallOutcome};
 use crate::policy::{ErrorPolicy, OnConflict, Options, ValueCodec};
-use crate::store::{Claim, Outcome as Recorded, Output, Record, Store, Token};
+use crate::store::{Claim, Outcome, Output, Record, Store, Token};
 use crate::{Error, Fingerprint, Key, StoreError};
 
 /// Longest pause between polls of a store that cannot notify waiters.
@@ -23,7 +23,7 @@ const MAX_POLL: Duration = Duration::from_millis(250);
 const FIRST_RETRY: Duration = Duration::from_millis(10);
 const MAX_RETRY: Duration = Duration::from_secs(1);
 
-/// Runs `body` at most once per key: the whole protocol of DESIGN.md.
+/// Runs `body` at most once per key: the whole protocol (README, "Semantics").
 ///
 /// `key` and `fingerprint` are computed by the caller before the body could run (the
 /// macro evaluates them from the arguments). Mismatch is checked on every path that finds
@@ -105,32 +105,32 @@ impl<S: Store + ?Sized> Call<'_, S> {
         match result {
             Err(panic) => {
                 self.release(token).await;
-                self.outcome(Outcome::Panicked);
+                self.outcome(CallOutcome::Panicked);
                 std::panic::resume_unwind(panic)
             }
             Ok(Ok(value)) => match output.encode(&value).and_then(|b| self.fits(b)) {
                 Ok(bytes) => {
-                    self.record(token, Recorded::Ok, bytes).await;
+                    self.record(token, Outcome::Ok, bytes).await;
                     Ok(value)
                 }
                 Err(e) => {
                     // Unrecordable output: free the key and say so loudly.
                     self.release(token).await;
-                    self.outcome(Outcome::CodecError);
+                    self.outcome(CallOutcome::CodecError);
                     Err(into_error(Error::Codec(e)))
                 }
             },
             Ok(Err(error)) => {
                 match policy.record(&error).map(|b| b.and_then(|b| self.fits(b))) {
-                    Some(Ok(bytes)) => self.record(token, Recorded::Err, bytes).await,
+                    Some(Ok(bytes)) => self.record(token, Outcome::Err, bytes).await,
                     Some(Err(e)) => {
                         tracing::warn!(%e, "could not encode the error to cache it; released");
                         self.release(token).await;
-                        self.outcome(Outcome::Released);
+                        self.outcome(CallOutcome::Released);
                     }
                     None => {
                         self.release(token).await;
-                        self.outcome(Outcome::Released);
+                        self.outcome(CallOutcome::Released);
                     }
                 }
                 Err(error)
@@ -138,21 +138,8 @@ impl<S: Store + ?Sized> Call<'_, S> {
         }
     }
 
-    /// The encoded output, if the store can record it: one it cannot would hold the claim
-    /// until its lease ran out and then run again, so it is refused like an unencodable one.
     fn fits(&self, bytes: bytes::Bytes) -> Result<bytes::Bytes, CodecError> {
-        let max = self.store.max_output_len();
-        if bytes.len() <= max {
-            return Ok(bytes);
-        }
-        Err(CodecError::new(
-            "idem",
-            "record the output",
-            format!(
-                "it is {} bytes encoded, more than the {max} this store can record",
-                bytes.len()
-            ),
-        ))
+        fits(bytes, self.store.max_output_len())
     }
 
     /// Claims the key, waiting for a concurrent owner if the options say so.
@@ -201,19 +188,19 @@ impl<S: ?Sized> Call<'_, S> {
             }
             Ok(Claim::InProgress(busy)) => busy,
             Err(e) => {
-                self.outcome(Outcome::StoreError);
+                self.outcome(CallOutcome::StoreError);
                 return Err(e.into());
             }
         };
         self.check_fingerprint(&busy.fingerprint)?;
         if self.options.on_conflict == OnConflict::Reject {
-            self.outcome(Outcome::InProgress);
+            self.outcome(CallOutcome::InProgress);
             return Err(Error::InProgress);
         }
         let now = Instant::now();
         let deadline = *patience.deadline.get_or_insert(now + patience.wait_timeout);
         if now >= deadline {
-            self.outcome(Outcome::WaitTimeout);
+            self.outcome(CallOutcome::WaitTimeout);
             return Err(Error::WaitTimeout);
         }
         // Wake when the owner finishes, its lease runs out, or our patience does.
@@ -237,7 +224,7 @@ impl<S: ?Sized> Call<'_, S> {
         if recorded == self.fingerprint {
             Ok(())
         } else {
-            self.outcome(Outcome::Mismatch);
+            self.outcome(CallOutcome::Mismatch);
             Err(Error::PayloadMismatch)
         }
     }
@@ -253,22 +240,22 @@ impl<S: ?Sized> Call<'_, S> {
         P: ErrorPolicy<E>,
     {
         let replayed = match record.output.outcome {
-            Recorded::Ok => output.decode(&record.output.bytes).map(Ok),
-            Recorded::Err => policy.replay(&record.output.bytes).map(Err),
+            Outcome::Ok => output.decode(&record.output.bytes).map(Ok),
+            Outcome::Err => policy.replay(&record.output.bytes).map(Err),
         };
         match replayed {
             Ok(result) => {
-                self.outcome(Outcome::Replayed);
+                self.outcome(CallOutcome::Replayed);
                 Ok(result)
             }
             Err(e) => {
-                self.outcome(Outcome::CodecError);
+                self.outcome(CallOutcome::CodecError);
                 Err(Error::Codec(e))
             }
         }
     }
 
-    pub(crate) fn outcome(&self, outcome: Outcome) {
+    pub(crate) fn outcome(&self, outcome: CallOutcome) {
         observe::record(self.options.namespace, outcome);
     }
 }
@@ -344,23 +331,23 @@ impl<S: Store + ?Sized> Call<'_, S> {
     /// is retried with backoff while the claim's lease lasts (the body just ended, and the
     /// heartbeat renewed the lease at most a third of it ago); only a store unreachable for
     /// that whole time leaves the key to run again after the lease.
-    async fn record(&self, token: Token, outcome: Recorded, bytes: bytes::Bytes) {
+    async fn record(&self, token: Token, outcome: Outcome, bytes: bytes::Bytes) {
         let output = Output { outcome, bytes };
         let give_up = Instant::now() + self.options.lease;
         let mut pause = FIRST_RETRY;
         loop {
             let error = match self.complete(token, output.clone()).await {
-                Ok(()) => return self.outcome(Outcome::Executed),
+                Ok(()) => return self.outcome(CallOutcome::Executed),
                 Err(StoreError::LeaseLost) => {
                     tracing::warn!("lease lost: another call took the record over; not recorded");
-                    return self.outcome(Outcome::LeaseLost);
+                    return self.outcome(CallOutcome::LeaseLost);
                 }
                 Err(e) => e,
             };
             observe::store_error(self.options.namespace, "complete", &error);
             let now = Instant::now();
             if now + pause >= give_up {
-                return self.outcome(Outcome::StoreError);
+                return self.outcome(CallOutcome::StoreError);
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_RETRY);
@@ -370,10 +357,27 @@ impl<S: Store + ?Sized> Call<'_, S> {
     async fn release(&self, token: Token) {
         match self.store_release(token).await {
             Ok(()) => {}
-            Err(StoreError::LeaseLost) => self.outcome(Outcome::LeaseLost),
+            Err(StoreError::LeaseLost) => self.outcome(CallOutcome::LeaseLost),
             Err(e) => observe::store_error(self.options.namespace, "release", &e),
         }
     }
+}
+
+/// The encoded output, if a store that holds at most `max` bytes can record it. One it
+/// cannot would hold the claim until its lease ran out, and then run again: it is refused
+/// like an unencodable one.
+pub(crate) fn fits(bytes: bytes::Bytes, max: usize) -> Result<bytes::Bytes, CodecError> {
+    if bytes.len() <= max {
+        return Ok(bytes);
+    }
+    Err(CodecError::new(
+        "idem",
+        "record the output",
+        format!(
+            "it is {} bytes encoded, more than the {max} this store can record",
+            bytes.len()
+        ),
+    ))
 }
 
 /// Releases the claim if the call's future is dropped before it finishes.

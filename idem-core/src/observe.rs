@@ -6,7 +6,7 @@ use crate::KeyDigest;
 
 /// How a call ended, as recorded on its span and in metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub(crate) enum CallOutcome {
     Executed,
     Replayed,
     InProgress,
@@ -19,19 +19,19 @@ pub(crate) enum Outcome {
     Panicked,
 }
 
-impl Outcome {
+impl CallOutcome {
     fn as_str(self) -> &'static str {
         match self {
-            Outcome::Executed => "executed",
-            Outcome::Replayed => "replayed",
-            Outcome::InProgress => "in_progress",
-            Outcome::Mismatch => "mismatch",
-            Outcome::Released => "released",
-            Outcome::LeaseLost => "lease_lost",
-            Outcome::WaitTimeout => "wait_timeout",
-            Outcome::StoreError => "store_error",
-            Outcome::CodecError => "codec_error",
-            Outcome::Panicked => "panicked",
+            CallOutcome::Executed => "executed",
+            CallOutcome::Replayed => "replayed",
+            CallOutcome::InProgress => "in_progress",
+            CallOutcome::Mismatch => "mismatch",
+            CallOutcome::Released => "released",
+            CallOutcome::LeaseLost => "lease_lost",
+            CallOutcome::WaitTimeout => "wait_timeout",
+            CallOutcome::StoreError => "store_error",
+            CallOutcome::CodecError => "codec_error",
+            CallOutcome::Panicked => "panicked",
         }
     }
 }
@@ -59,19 +59,19 @@ pub(crate) fn span(function: &'static str, key: &KeyDigest) -> tracing::Span {
 }
 
 /// Records `outcome` on the current span and in the counters.
-pub(crate) fn record(function: &'static str, outcome: Outcome) {
+pub(crate) fn record(function: &'static str, outcome: CallOutcome) {
     tracing::Span::current().record("outcome", outcome.as_str());
     #[cfg(feature = "metrics")]
     {
         let name = match outcome {
-            Outcome::Executed | Outcome::Released | Outcome::LeaseLost | Outcome::Panicked => {
+            CallOutcome::Executed | CallOutcome::Released | CallOutcome::LeaseLost | CallOutcome::Panicked => {
                 Some("idem_executions_total")
             }
-            Outcome::Replayed => Some("idem_replays_total"),
-            Outcome::InProgress | Outcome::WaitTimeout => Some("idem_conflicts_total"),
-            Outcome::Mismatch => Some("idem_mismatches_total"),
-            Outcome::StoreError => Some("idem_store_errors_total"),
-            Outcome::CodecError => None,
+            CallOutcome::Replayed => Some("idem_replays_total"),
+            CallOutcome::InProgress | CallOutcome::WaitTimeout => Some("idem_conflicts_total"),
+            CallOutcome::Mismatch => Some("idem_mismatches_total"),
+            CallOutcome::StoreError => Some("idem_store_errors_total"),
+            CallOutcome::CodecError => None,
         };
         if let Some(name) = name {
             metrics::counter!(name, "function" => function, "outcome" => outcome.as_str())

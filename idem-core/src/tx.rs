@@ -17,21 +17,21 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use crate::codec::Bincode;
-use crate::executor::{Acquired, Call, Patience};
-use crate::observe::{self, Outcome};
+use crate::executor::{Acquired, Call, Patience, fits};
+use crate::observe::{self, CallOutcome};
 use crate::policy::{ErrorPolicy, Options, Release, ValueCodec};
-use crate::store::{Claim, Outcome as Recorded, Output, Token};
+use crate::store::{Claim, Outcome, Output, Store, Token};
 use crate::{CodecError, Error, Fingerprint, Key, StoreError};
 
-/// A store that can run the protocol inside a transaction of type `Tx` (a
-/// `sqlx::Transaction` of its database).
+/// A [`Store`] that can also run the protocol inside a transaction of type
+/// `Tx` (a `sqlx::Transaction` of its database).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot keep idempotency records inside a `{Tx}`",
     label = "`tx = ...` needs a SQL store of the transaction's database: `PgStore` with a \
              `Transaction<'_, Postgres>`, `SqliteStore` with SQLite, `MySqlStore` with MySQL"
 )]
 #[async_trait]
-pub trait TxStore<Tx: Send + ?Sized>: Send + Sync {
+pub trait TxStore<Tx: Send + ?Sized>: Store {
     /// Claims inside `tx`. A concurrent claim of the key that is not committed yet blocks
     /// this one until its transaction ends, for at most `wait` (then
     /// [`StoreError::Timeout`]); then this reports what it committed, or claims. (On
@@ -133,7 +133,7 @@ where
                 .claim_in(tx, &key, &fingerprint, options.lease, options.wait_timeout)
                 .await;
             if let Err(StoreError::Timeout { .. }) = claim {
-                call.outcome(Outcome::WaitTimeout);
+                call.outcome(CallOutcome::WaitTimeout);
                 return Err(Error::WaitTimeout);
             }
             if let Some(acquired) = call.settle(claim, &mut patience).await? {
@@ -173,24 +173,26 @@ where
     P: ErrorPolicy<E>,
 {
     let TxCall { key, token, span } = call;
-    let record = |outcome: Outcome| observe::record(options.namespace, outcome);
+    let record = |outcome: CallOutcome| observe::record(options.namespace, outcome);
     async {
         let recorded = match &result {
-            Ok(value) => output.encode(value).map(|bytes| (Recorded::Ok, bytes)),
+            Ok(value) => output.encode(value).map(|bytes| (Outcome::Ok, bytes)),
             Err(error) => match policy.record(error) {
-                Some(encoded) => encoded.map(|bytes| (Recorded::Err, bytes)),
+                Some(encoded) => encoded.map(|bytes| (Outcome::Err, bytes)),
                 None => {
                     release_in(store, tx, &key, token, options).await;
-                    record(Outcome::Released);
+                    record(CallOutcome::Released);
                     return result;
                 }
             },
         };
+        let max = store.max_output_len();
+        let recorded = recorded.and_then(|(outcome, bytes)| Ok((outcome, fits(bytes, max)?)));
         let (outcome, bytes) = match recorded {
             Ok(encoded) => encoded,
             Err(e) => {
                 release_in(store, tx, &key, token, options).await;
-                record(Outcome::CodecError);
+                record(CallOutcome::CodecError);
                 return Err(into_error(Error::Codec(e)));
             }
         };
@@ -199,11 +201,11 @@ where
             .await
         {
             Ok(()) => {
-                record(Outcome::Executed);
+                record(CallOutcome::Executed);
                 result
             }
             Err(e) => {
-                record(Outcome::StoreError);
+                record(CallOutcome::StoreError);
                 Err(into_error(Error::Store(e)))
             }
         }
