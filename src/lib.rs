@@ -26,7 +26,10 @@
 //!
 //! The first call with a key runs the body and records its result; later calls with the key
 //! get the recorded result back. A later call with the same key but another payload gets
-//! [`Error::PayloadMismatch`]. See the README for every option of [`idempotent`].
+//! [`Error::PayloadMismatch`]. [`idempotent`] documents every option.
+
+// On docs.rs, feature-gated items say which feature they need.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "moka")]
 pub use idem_core::MemoryStore;

@@ -3,6 +3,9 @@
 //!
 //! Applications use it through the `idem` crate and its `#[idempotent]` attribute.
 
+// On docs.rs, feature-gated items say which feature they need.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod codec;
 mod default_store;
 mod error;

@@ -64,9 +64,10 @@ pub(crate) fn record(function: &'static str, outcome: CallOutcome) {
     #[cfg(feature = "metrics")]
     {
         let name = match outcome {
-            CallOutcome::Executed | CallOutcome::Released | CallOutcome::LeaseLost | CallOutcome::Panicked => {
-                Some("idem_executions_total")
-            }
+            CallOutcome::Executed
+            | CallOutcome::Released
+            | CallOutcome::LeaseLost
+            | CallOutcome::Panicked => Some("idem_executions_total"),
             CallOutcome::Replayed => Some("idem_replays_total"),
             CallOutcome::InProgress | CallOutcome::WaitTimeout => Some("idem_conflicts_total"),
             CallOutcome::Mismatch => Some("idem_mismatches_total"),

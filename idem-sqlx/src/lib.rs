@@ -5,6 +5,8 @@
 //! `with_table(name)`), creates it with `migrate()`, takes every time from
 //! the database's clock, and passes idem's store conformance suite.
 
+// On docs.rs, feature-gated items say which feature they need.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 // Without a backend feature only `ClaimOrder` is left, and the shared pieces go unused.
 #![cfg_attr(
     not(any(feature = "sqlite", feature = "postgres", feature = "mysql")),
