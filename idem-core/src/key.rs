@@ -5,8 +5,10 @@ use std::fmt::{self, Write as _};
 
 use crate::Error;
 
-/// How many bytes of `scope/key` the operator-facing preview keeps (cut on a character).
-const PREVIEW_BYTES: usize = 64;
+/// How many characters of `scope/key` the operator-facing preview keeps.
+const PREVIEW_CHARS: usize = 64;
+/// Room for them at 4 bytes each (the most a UTF-8 character takes), and a `…`.
+const PREVIEW_BYTES: usize = PREVIEW_CHARS * 4;
 
 /// A value an idempotency key (or scope) can be made of.
 ///
@@ -53,6 +55,7 @@ impl KeyWriter {
 struct Preview {
     bytes: [u8; PREVIEW_BYTES + 3],
     len: usize,
+    chars: usize,
     truncated: bool,
 }
 
@@ -61,21 +64,29 @@ impl Default for Preview {
         Preview {
             bytes: [0; PREVIEW_BYTES + 3],
             len: 0,
+            chars: 0,
             truncated: false,
         }
     }
 }
 
 impl Preview {
-    /// Appends what fits in `PREVIEW_BYTES`, cut on a character boundary.
+    /// Appends what fits in `PREVIEW_CHARS` characters.
     fn push(&mut self, text: &str) {
-        let room = PREVIEW_BYTES.saturating_sub(self.len);
-        let mut take = text.len().min(room);
-        while !text.is_char_boundary(take) {
-            take -= 1;
-        }
+        let room = PREVIEW_CHARS - self.chars;
+        let (take, chars) = if text.is_ascii() {
+            let take = text.len().min(room);
+            (take, take)
+        } else {
+            match text.char_indices().nth(room) {
+                Some((cut, _)) => (cut, room),
+                None => (text.len(), text.chars().count()),
+            }
+        };
+        // At most `room` characters of at most 4 bytes each: always fits.
         self.bytes[self.len..self.len + take].copy_from_slice(&text.as_bytes()[..take]);
         self.len += take;
+        self.chars += chars;
         self.truncated |= take < text.len();
     }
 
@@ -228,7 +239,9 @@ impl Key {
         self.namespace
     }
 
-    /// The scope and key as text, cut to 64 bytes, for operators (`scope/key`).
+    /// The scope and key as text, cut to 64 characters (and then ending in `…`), for
+    /// operators (`scope/key`). Raw text: a store whose column cannot hold some character
+    /// (PostgreSQL `TEXT` and NUL) escapes it.
     pub fn preview(&self) -> &str {
         self.preview.as_str()
     }
@@ -387,11 +400,21 @@ mod tests {
     fn preview_is_cut() {
         let long = "x".repeat(500);
         let key = Key::new("ns", &long).unwrap();
-        assert_eq!(key.preview(), format!("{}…", "x".repeat(PREVIEW_BYTES)));
-        // Cut on a character boundary, never inside one.
+        assert_eq!(key.preview(), format!("{}…", "x".repeat(PREVIEW_CHARS)));
+        // 64 characters, whatever their width (README says characters).
+        for wide in ["é", "€", "𝄞"] {
+            let key = Key::new("ns", &wide.repeat(100)).unwrap();
+            assert_eq!(key.preview(), format!("{}…", wide.repeat(PREVIEW_CHARS)));
+            let key = Key::new("ns", &wide.repeat(PREVIEW_CHARS)).unwrap();
+            assert_eq!(key.preview(), wide.repeat(PREVIEW_CHARS), "not cut");
+        }
+        // Across a scope and a composite key.
+        let key = Key::scoped("ns", &"é".repeat(10), &("ab", "€".repeat(100))).unwrap();
+        let want = format!("{}/ab:{}…", "é".repeat(10), "€".repeat(PREVIEW_CHARS - 14));
+        assert_eq!(key.preview(), want);
+        assert_eq!(key.preview().chars().count(), PREVIEW_CHARS + 1);
         let wide = "é".repeat(100);
         let key = Key::new("ns", &wide).unwrap();
-        assert_eq!(key.preview(), format!("{}…", "é".repeat(PREVIEW_BYTES / 2)));
         // Long Display values still hash whole.
         assert_ne!(digest(&u128::MAX), digest(&(u128::MAX - 1)));
         assert_eq!(key.digest().short().len(), 16);

@@ -12,7 +12,7 @@ use crate::cancel;
 use crate::found::{self, CLAIM_ATTEMPTS, Found, backend, fenced};
 use crate::order::{ClaimOrder, Order};
 use crate::purge::{self, PURGE_BATCH};
-use crate::table::Table;
+use crate::table::{Dialect, Table};
 use crate::token;
 
 /// The database's clock as integer milliseconds since the Unix epoch. `julianday('now')`
@@ -86,11 +86,22 @@ const NOW: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS IN
 /// transaction blocks every other writer of the database file (plain-mode claims too)
 /// until it ends, so keep it short.
 ///
-/// A deferred transaction (`pool.begin()`) is not serialized: its claim reads under a
-/// snapshot and only asks for the write lock at its insert. If another transaction holds
-/// the lock at that moment, the claim fails at once with `SQLITE_BUSY`, reported as
-/// [`Error::WaitTimeout`]. If another transaction committed since the snapshot, it fails
-/// with `SQLITE_BUSY_SNAPSHOT`, an [`Error::Store`]. Both come before the body runs.
+/// In a transaction the claim writes first (the insert, then the read if the key was
+/// there), so that a deferred transaction (`pool.begin()`) whose first statement is the
+/// claim becomes a writer at the claim, waiting for the lock for the busy timeout as
+/// `BEGIN IMMEDIATE` would. A deferred transaction that read before its claim cannot
+/// become a writer while another connection holds the lock or has committed since its
+/// first read: SQLite refuses at once (`SQLITE_BUSY`, no wait). Any `SQLITE_BUSY` in a
+/// transactional claim is therefore an [`Error::Store`] (not a wait timeout) whose message
+/// says to begin with `BEGIN IMMEDIATE`. It comes before the body runs; roll back.
+///
+/// # Limits
+///
+/// Outputs up to [`MAX_ENCODED_LEN`](idem_core::codec::MAX_ENCODED_LEN) (64 MiB, what a
+/// codec may produce) are recorded; SQLite's own limit (`SQLITE_MAX_LENGTH`, 1,000,000,000
+/// bytes by default and in sqlx's bundled SQLite) is far above it. A plain-mode claim that
+/// is cancelled runs its statements to the end on a task of its own and releases what it
+/// claimed, so no orphan claim is left for the lease.
 ///
 /// A process killed before its commit leaves neither a record nor an effect: the kernel
 /// drops its locks, and the WAL frames it wrote have no commit frame, so no reader ever
@@ -110,6 +121,7 @@ struct Statements {
     claim: SqlStr,
     renew: SqlStr,
     complete: SqlStr,
+    completed: SqlStr,
     release: SqlStr,
     purge: SqlStr,
     create_table: SqlStr,
@@ -118,10 +130,16 @@ struct Statements {
 
 impl Statements {
     fn new(t: &Table) -> Self {
-        let sql = |template: &str| t.sql(&template.replace("{now}", NOW));
+        let sql = |template: &str| t.sql(Dialect::Sqlite, &template.replace("{now}", NOW));
         Statements {
+            // Expired (-1) by the same `expires_at <= now` as the claim's upsert and the
+            // purge, whatever its type; else the milliseconds left, which cannot overflow
+            // (a positive minus a positive), for an integer; else NULL: SQLite stores what
+            // it is given, and text, a blob or a far REAL is a corrupt record.
             read: sql("SELECT state, fingerprint, outcome, output, \
-                        (expires_at - {now}) * 1000 AS remaining_us \
+                        CASE WHEN expires_at <= {now} THEN -1 \
+                             WHEN typeof(expires_at) = 'integer' THEN expires_at - {now} \
+                        END AS remaining_ms \
                  FROM {t} WHERE key_digest = ?1"),
             // Inserts a fresh record, or takes over an expired one; a live one is left
             // alone (0 rows affected).
@@ -145,6 +163,7 @@ impl Statements {
                    expires_at = {now} + ?5 \
                  WHERE key_digest = ?1 AND token = ?2 AND state = 0",
             ),
+            completed: sql("SELECT 1 FROM {t} WHERE key_digest = ?1 AND token = ?2 AND state = 1"),
             release: sql("DELETE FROM {t} WHERE key_digest = ?1 AND token = ?2 AND state = 0"),
             purge: sql("DELETE FROM {t} WHERE rowid IN ( \
                    SELECT rowid FROM {t} WHERE expires_at <= {now} LIMIT ?1)"),
@@ -160,7 +179,7 @@ impl Statements {
                    lease_until INTEGER, \
                    expires_at  INTEGER NOT NULL, \
                    created_at  INTEGER NOT NULL)"),
-            create_index: sql("CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at)"),
+            create_index: sql("CREATE INDEX IF NOT EXISTS {i} ON {t} (expires_at)"),
         }
     }
 }
@@ -258,30 +277,35 @@ impl SqliteStore {
             return Ok(None);
         };
         let read = |e| StoreError::backend("claim", e);
+        let remaining_ms: Option<i64> = row.try_get("remaining_ms").map_err(read)?;
+        // Saturating: `i64::MAX` stays too far ahead (a corrupt record).
+        let remaining_us = remaining_ms.map(|ms| ms.saturating_mul(1000));
         Ok(Some(Found {
             state: row.try_get("state").map_err(read)?,
             fingerprint: row.try_get("fingerprint").map_err(read)?,
             outcome: row.try_get("outcome").map_err(read)?,
             output: row.try_get("output").map_err(read)?,
-            remaining_us: row.try_get("remaining_us").map_err(read)?,
+            remaining_us: found::remaining_us(
+                remaining_us,
+                "is neither past nor an integer (milliseconds since the Unix epoch)",
+            )?,
         }))
     }
 
     /// The claim on one connection: a pool's for plain mode, the transaction's in
-    /// transactional mode (where the transaction already holds the write lock, so nothing
-    /// can change between the read and the insert). It reads or inserts first as the
-    /// store's [`ClaimOrder`] says.
+    /// transactional mode (where the insert makes the transaction the writer, so nothing
+    /// can change between it and the read). It reads first if `read`.
     async fn claim_on(
         &self,
         conn: &mut SqliteConnection,
         key: &Key,
         fingerprint: &Fingerprint,
         lease: Duration,
+        mut read: bool,
     ) -> Result<Claim, StoreError> {
         let token = token::fresh();
         let digest = &key.digest().as_bytes()[..];
         let lease = millis(lease);
-        let mut read = self.order.read_first();
         for _ in 0..CLAIM_ATTEMPTS {
             if read
                 && let Some(found) = self.read_on(&mut *conn, digest).await?
@@ -329,24 +353,37 @@ impl SqliteStore {
         fenced(done.rows_affected())
     }
 
-    async fn complete_on<'e>(
+    /// The fenced `UPDATE`; when it matches no claim of `token`'s, whether `token` already
+    /// completed the record (a retry after a lost reply: `Ok`, and the record stays as
+    /// first written).
+    async fn complete_on(
         &self,
-        conn: impl SqliteExecutor<'e>,
+        conn: &mut SqliteConnection,
         key: &Key,
         token: Token,
         output: Output,
         ttl: Duration,
     ) -> Result<(), StoreError> {
+        let digest = &key.digest().as_bytes()[..];
         let done = sqlx::query(self.sql.complete.clone())
-            .bind(&key.digest().as_bytes()[..])
+            .bind(digest)
             .bind(token_value(token))
             .bind(found::outcome_code(output.outcome))
             .bind(&output.bytes[..])
             .bind(millis(ttl))
-            .execute(conn)
+            .execute(&mut *conn)
             .await
             .map_err(backend("complete"))?;
-        fenced(done.rows_affected())
+        if done.rows_affected() == 1 {
+            return Ok(());
+        }
+        let completed = sqlx::query(self.sql.completed.clone())
+            .bind(digest)
+            .bind(token_value(token))
+            .fetch_optional(conn)
+            .await
+            .map_err(backend("complete"))?;
+        fenced(u64::from(completed.is_some()))
     }
 
     async fn release_on<'e>(
@@ -365,6 +402,23 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// A plain-mode claim on a pooled connection, in the store's [`ClaimOrder`].
+    async fn claim_pooled(
+        &self,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(backend("claim"))?;
+        let read_first = self.order.read_first();
+        let claim = self
+            .claim_on(&mut conn, key, fingerprint, lease, read_first)
+            .await;
+        self.order.learn(claim)
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn claim(
@@ -373,9 +427,11 @@ impl Store for SqliteStore {
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(backend("claim"))?;
-        let claim = self.claim_on(&mut conn, key, fingerprint, lease).await;
-        self.order.learn(claim)
+        let (store, owned_key, fingerprint) = (self.clone(), key.clone(), *fingerprint);
+        cancel::claim_detached(self, key, async move {
+            store.claim_pooled(&owned_key, &fingerprint, lease).await
+        })
+        .await
     }
 
     async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
@@ -389,7 +445,8 @@ impl Store for SqliteStore {
         output: Output,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        self.complete_on(&self.pool, key, token, output, ttl).await
+        let mut conn = self.pool.acquire().await.map_err(backend("complete"))?;
+        self.complete_on(&mut conn, key, token, output, ttl).await
     }
 
     async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
@@ -398,6 +455,12 @@ impl Store for SqliteStore {
 
     fn release_on_drop(&self, key: &Key, token: Token) {
         cancel::release_in_background(self, key, token);
+    }
+
+    /// [`MAX_ENCODED_LEN`](idem_core::codec::MAX_ENCODED_LEN) (64 MiB): below SQLite's
+    /// `SQLITE_MAX_LENGTH` (1,000,000,000 bytes), so the codec's limit is the one that binds.
+    fn max_output_len(&self) -> usize {
+        idem_core::codec::MAX_ENCODED_LEN
     }
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {
@@ -413,34 +476,28 @@ impl Store for SqliteStore {
     }
 }
 
-/// A claim that could not get SQLite's write lock (`SQLITE_BUSY`, 5) is a timeout, so the
-/// caller gets `Error::WaitTimeout`. The code is the same whether the busy timeout ran
-/// out or SQLite refused at once (a deferred transaction that had already read). A
-/// transaction whose snapshot is older than another's commit (`SQLITE_BUSY_SNAPSHOT`,
-/// 517) can never write: say how to avoid it.
-fn busy(error: StoreError, wait: Duration) -> StoreError {
+/// A transactional claim that could not get SQLite's write lock (`SQLITE_BUSY`, 5, or an
+/// extended code of it such as `SQLITE_BUSY_SNAPSHOT`, 517) was in a deferred transaction:
+/// one that read before its claim, which SQLite refuses at once (or, had the claim been
+/// first, one that waited the busy timeout out). Not a wait timeout: the cure is
+/// `BEGIN IMMEDIATE`, and the message says so.
+fn busy(error: StoreError) -> StoreError {
     if let StoreError::Backend { source, .. } = &error
         && let Some(sqlx::Error::Database(db)) = source.downcast_ref::<sqlx::Error>()
+        && db
+            .code()
+            .and_then(|code| code.parse::<i32>().ok())
+            .is_some_and(|code| code & 0xff == 5)
     {
-        match db.code().as_deref() {
-            Some("5") => {
-                return StoreError::Timeout {
-                    op: "claim",
-                    after: wait,
-                };
-            }
-            Some("517") => {
-                return StoreError::backend(
-                    "claim",
-                    format!(
-                        "{db}: another transaction committed since this one first read; begin \
-                         transactions for `tx = ...` with `BEGIN IMMEDIATE` \
-                         (`pool.begin_with(\"BEGIN IMMEDIATE\")`)"
-                    ),
-                );
-            }
-            _ => {}
-        }
+        return StoreError::backend(
+            "claim",
+            format!(
+                "{db}: this transaction could not become a writer (another connection holds \
+                 SQLite's write lock, or committed after this transaction first read); begin \
+                 transactions for `tx = ...` with `BEGIN IMMEDIATE` \
+                 (`pool.begin_with(\"BEGIN IMMEDIATE\")`), which waits for the lock at `BEGIN`"
+            ),
+        );
     }
     error
 }
@@ -453,12 +510,15 @@ impl<'c> TxStore<Transaction<'c, Sqlite>> for SqliteStore {
         key: &Key,
         fingerprint: &Fingerprint,
         lease: Duration,
-        wait: Duration,
+        // Not settable per statement here: SQLite waits for the pool's busy timeout.
+        _wait: Duration,
     ) -> Result<Claim, StoreError> {
         // In a `BEGIN IMMEDIATE` transaction the waiting already happened at `BEGIN` (for
-        // the pool's busy timeout) and this never blocks.
-        let claim = self.claim_on(tx, key, fingerprint, lease).await;
-        self.order.learn(claim).map_err(|e| busy(e, wait))
+        // the pool's busy timeout) and this never blocks. In a deferred one, writing first
+        // makes the transaction a writer before it reads, if the claim is its first
+        // statement (a read first would pin a snapshot that cannot be upgraded).
+        let claim = self.claim_on(tx, key, fingerprint, lease, false).await;
+        self.order.learn(claim).map_err(busy)
     }
 
     async fn complete_in(
@@ -469,7 +529,7 @@ impl<'c> TxStore<Transaction<'c, Sqlite>> for SqliteStore {
         output: Output,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        self.complete_on(&mut **tx, key, token, output, ttl).await
+        self.complete_on(tx, key, token, output, ttl).await
     }
 
     async fn release_in(
