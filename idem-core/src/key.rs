@@ -7,8 +7,8 @@ use crate::Error;
 
 /// How many characters of `scope/key` the operator-facing preview keeps.
 const PREVIEW_CHARS: usize = 64;
-/// Room for them at 4 bytes each (the most a UTF-8 character takes), and a `…`.
-const PREVIEW_BYTES: usize = PREVIEW_CHARS * 4;
+/// How many bytes of it are kept inline (all of an ASCII preview), plus 3 for a `…`.
+const INLINE_BYTES: usize = 64;
 
 /// A value an idempotency key (or scope) can be made of.
 ///
@@ -50,22 +50,28 @@ impl KeyWriter {
     }
 }
 
-/// A short inline string: the preview of a key, without a heap allocation per call.
-#[derive(Clone, Copy)]
+/// A short string: the preview of a key. Inline, without a heap allocation per call, while
+/// it fits in `INLINE_BYTES` (every ASCII key); a preview of wider characters moves to the
+/// heap. (Small: a `Key` travels by value through the executor.)
+#[derive(Clone)]
 struct Preview {
-    bytes: [u8; PREVIEW_BYTES + 3],
-    len: usize,
-    chars: usize,
+    bytes: [u8; INLINE_BYTES + 3],
+    len: u8,
+    chars: u8,
     truncated: bool,
+    // Boxed: one pointer instead of a `String`'s three keeps every `Key` small.
+    #[allow(clippy::box_collection)]
+    wide: Option<Box<String>>,
 }
 
 impl Default for Preview {
     fn default() -> Self {
         Preview {
-            bytes: [0; PREVIEW_BYTES + 3],
+            bytes: [0; INLINE_BYTES + 3],
             len: 0,
             chars: 0,
             truncated: false,
+            wide: None,
         }
     }
 }
@@ -73,7 +79,7 @@ impl Default for Preview {
 impl Preview {
     /// Appends what fits in `PREVIEW_CHARS` characters.
     fn push(&mut self, text: &str) {
-        let room = PREVIEW_CHARS - self.chars;
+        let room = PREVIEW_CHARS - usize::from(self.chars);
         let (take, chars) = if text.is_ascii() {
             let take = text.len().min(room);
             (take, take)
@@ -83,33 +89,60 @@ impl Preview {
                 None => (text.len(), text.chars().count()),
             }
         };
-        // At most `room` characters of at most 4 bytes each: always fits.
-        self.bytes[self.len..self.len + take].copy_from_slice(&text.as_bytes()[..take]);
-        self.len += take;
-        self.chars += chars;
+        let part = &text[..take];
+        let len = usize::from(self.len);
+        match &mut self.wide {
+            Some(wide) => wide.push_str(part),
+            None if len + take <= INLINE_BYTES => {
+                self.bytes[len..len + take].copy_from_slice(part.as_bytes());
+                // At most `INLINE_BYTES` (64).
+                self.len += take as u8;
+            }
+            None => {
+                let mut wide = String::with_capacity(PREVIEW_CHARS * 4 + 3);
+                wide.push_str(self.inline());
+                wide.push_str(part);
+                self.wide = Some(Box::new(wide));
+            }
+        }
+        // At most `PREVIEW_CHARS` (64).
+        self.chars += chars as u8;
         self.truncated |= take < text.len();
     }
 
     /// `:` between parts of a composite key (not right after the scope's `/`).
     fn separate(&mut self) {
-        if self.len > 0 && self.bytes[self.len - 1] != b'/' {
+        if !self.as_str().is_empty() && !self.as_str().ends_with('/') {
             self.push(":");
         }
     }
 
-    /// Marks a cut preview with `…` (the 3 spare bytes).
+    /// Marks a cut preview with `…` (inline: in the 3 spare bytes).
     fn finish(mut self) -> Self {
         if self.truncated {
-            let ellipsis = "…".as_bytes();
-            self.bytes[self.len..self.len + ellipsis.len()].copy_from_slice(ellipsis);
-            self.len += ellipsis.len();
+            const ELLIPSIS: &str = "…";
+            match &mut self.wide {
+                Some(wide) => wide.push_str(ELLIPSIS),
+                None => {
+                    let len = usize::from(self.len);
+                    self.bytes[len..len + ELLIPSIS.len()].copy_from_slice(ELLIPSIS.as_bytes());
+                    self.len += ELLIPSIS.len() as u8;
+                }
+            }
         }
         self
     }
 
-    fn as_str(&self) -> &str {
+    fn inline(&self) -> &str {
         // Only whole characters are ever copied in.
-        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+
+    fn as_str(&self) -> &str {
+        match &self.wide {
+            Some(wide) => wide,
+            None => self.inline(),
+        }
     }
 }
 
@@ -401,6 +434,7 @@ mod tests {
         let long = "x".repeat(500);
         let key = Key::new("ns", &long).unwrap();
         assert_eq!(key.preview(), format!("{}…", "x".repeat(PREVIEW_CHARS)));
+        assert!(key.preview.wide.is_none(), "an ASCII preview stays inline");
         // 64 characters, whatever their width (README says characters).
         for wide in ["é", "€", "𝄞"] {
             let key = Key::new("ns", &wide.repeat(100)).unwrap();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::cancel;
+use crate::cancel::{self, ClaimConnection};
 use crate::found::{self, CLAIM_ATTEMPTS, Found, backend, fenced};
 use crate::order::{ClaimOrder, Order};
 use crate::purge::{self, PURGE_BATCH};
@@ -53,11 +53,13 @@ use crate::token;
 /// `max_allowed_packet` (16 MiB on MariaDB by default, 64 MiB on MySQL 8). The store reads it
 /// once, on its first claim or [`migrate`](MySqlStore::migrate), and
 /// [`max_output_len`](Store::max_output_len) is that minus 1 KiB for the statement and the
-/// other columns (at most 64 MiB, the codec's limit); until it has been read, 1 MiB minus
-/// that margin. Raise `max_allowed_packet` for larger outputs, and restart the
-/// application. A claim that is cancelled while its statements are in flight (an `INSERT`
-/// blocked behind another transaction's lock on the key) runs them to the end on a task of
-/// its own and releases what it claimed, so no orphan claim is left for the lease.
+/// other columns (at most 64 MiB, the codec's limit); until it has been read, 1 MiB. Raise
+/// `max_allowed_packet` for larger outputs, and restart the application.
+///
+/// A claim that is cancelled while a statement is in flight (an `INSERT` blocked behind
+/// another transaction's lock on the key, which the server still runs when that lock goes)
+/// is released on the same connection once that statement is done, so no orphan claim is
+/// left for the lease.
 ///
 /// # Transactional mode
 ///
@@ -186,9 +188,9 @@ const MIGRATE_LOCK_WAIT_SECS: i64 = 60;
 /// digest, not this column, identifies a record).
 const NAMESPACE_CHARS: usize = 255;
 
-/// What `max_output_len` assumes of `max_allowed_packet` until the server said: MySQL's
-/// default up to 5.6, below every default since.
-const ASSUMED_PACKET: usize = 1 << 20;
+/// What `max_output_len` says until the server told `max_allowed_packet`: 1 MiB, which
+/// every supported server's default (MySQL 8: 64 MiB, MariaDB 10.5+: 16 MiB) is far above.
+const UNKNOWN_PACKET_OUTPUT: usize = 1 << 20;
 /// Room in a packet for the `complete` statement's other parameters and a replayed row's
 /// other columns (each well under 100 bytes).
 const PACKET_MARGIN: usize = 1024;
@@ -387,9 +389,9 @@ impl MySqlStore {
         key: &Key,
         fingerprint: &Fingerprint,
         lease: Duration,
+        token: i64,
         mode: Mode,
     ) -> Result<Claim, StoreError> {
-        let token = token::fresh();
         let digest = &key.digest().as_bytes()[..];
         let namespace = truncate_chars(key.namespace(), NAMESPACE_CHARS);
         let lease = found::micros(lease);
@@ -563,20 +565,11 @@ fn not_padded(fingerprint: &[u8]) -> Result<(), StoreError> {
     Ok(())
 }
 
-impl MySqlStore {
-    /// A plain-mode claim on a pooled connection.
-    async fn claim_pooled(
-        &self,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-    ) -> Result<Claim, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(backend("claim"))?;
-        self.learn_max_packet(&mut conn).await;
-        let claim = self
-            .claim_on(&mut conn, key, fingerprint, lease, Mode::Plain)
-            .await;
-        self.order.learn(claim)
+impl cancel::ReleaseAfter for MySqlStore {
+    type Conn = PoolConnection<MySql>;
+
+    async fn release_after(self, mut conn: Self::Conn, key: Key, token: Token) {
+        cancel::released(self.release_on(&mut *conn, &key, token).await)
     }
 }
 
@@ -588,11 +581,18 @@ impl Store for MySqlStore {
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let (store, owned_key, fingerprint) = (self.clone(), key.clone(), *fingerprint);
-        cancel::claim_detached(self, key, async move {
-            store.claim_pooled(&owned_key, &fingerprint, lease).await
-        })
-        .await
+        let conn = self.pool.acquire().await.map_err(backend("claim"))?;
+        let token = token::fresh();
+        let mut guard = ClaimConnection::new(self, key, Token::new(token as u64), conn);
+        let Some(conn) = guard.conn() else {
+            return Err(StoreError::backend("claim", "no connection"));
+        };
+        self.learn_max_packet(conn).await;
+        let claim = self
+            .claim_on(conn, key, fingerprint, lease, token, Mode::Plain)
+            .await;
+        guard.disarm();
+        self.order.learn(claim)
     }
 
     async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
@@ -618,16 +618,15 @@ impl Store for MySqlStore {
         cancel::release_in_background(self, key, token);
     }
 
-    /// The server's `max_allowed_packet` less 1 KiB, at most 64 MiB; 1 MiB less 1 KiB
-    /// until the first claim or `migrate` has read it (see the type's docs).
+    /// The server's `max_allowed_packet` less 1 KiB, at most 64 MiB; 1 MiB until the first
+    /// claim or `migrate` has read it (see the type's docs).
     fn max_output_len(&self) -> usize {
-        let packet = match self.max_packet.load(Ordering::Relaxed) {
-            0 => ASSUMED_PACKET,
-            known => known,
-        };
-        packet
-            .saturating_sub(PACKET_MARGIN)
-            .min(idem_core::codec::MAX_ENCODED_LEN)
+        match self.max_packet.load(Ordering::Relaxed) {
+            0 => UNKNOWN_PACKET_OUTPUT,
+            packet => packet
+                .saturating_sub(PACKET_MARGIN)
+                .min(idem_core::codec::MAX_ENCODED_LEN),
+        }
     }
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {
@@ -687,7 +686,7 @@ impl<'c> TxStore<Transaction<'c, MySql>> for MySqlStore {
             .await
             .map_err(backend("claim"))?;
         let claim = self
-            .claim_on(tx, key, fingerprint, lease, Mode::InTx)
+            .claim_on(tx, key, fingerprint, lease, token::fresh(), Mode::InTx)
             .await
             .map_err(|e| lock_timeout(e, wait));
         let restored = sqlx::query(RESTORE_LOCK_WAIT)

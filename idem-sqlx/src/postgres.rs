@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use idem_core::{Claim, Error, Fingerprint, Key, Output, Store, StoreError, Token, TxStore};
 use sqlx::Transaction;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::types::PgInterval;
 use sqlx::postgres::{PgConnection, PgExecutor, PgPool, PgRow, Postgres};
 use sqlx::{Row, SqlStr};
@@ -10,7 +11,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cancel;
+use crate::cancel::{self, ClaimConnection};
 use crate::found::{self, CLAIM_ATTEMPTS, Found, backend, fenced};
 use crate::order::{ClaimOrder, Order};
 use crate::purge::{self, PURGE_BATCH};
@@ -34,9 +35,10 @@ use crate::token;
 /// replay and 5–10% more than the plain insert on a fresh key under load; BENCHMARKS.md.)
 /// All times come from the database's `now()`.
 ///
-/// A claim that is cancelled (its future dropped) while its statements are in flight runs
-/// them to the end on a task of its own and releases what it claimed, so no orphan claim is
-/// left for the lease. Outputs up to [`MAX_ENCODED_LEN`](idem_core::codec::MAX_ENCODED_LEN)
+/// A claim that is cancelled (its future dropped) while a statement is in flight (an
+/// `INSERT` blocked behind another transaction's row, which the server still runs when that
+/// transaction ends) is released on the same connection once that statement is done, so no
+/// orphan claim is left for the lease. Outputs up to [`MAX_ENCODED_LEN`](idem_core::codec::MAX_ENCODED_LEN)
 /// (64 MiB, what a codec may produce) are recorded; PostgreSQL's own limit, 1 GB per
 /// `BYTEA` value, is far above it. The `key_preview` column is `TEXT`, which cannot hold
 /// NUL: a NUL in the preview is stored as `␀` (U+2400); the key itself is the digest.
@@ -250,9 +252,9 @@ impl PgStore {
         key: &Key,
         fingerprint: &Fingerprint,
         lease: Duration,
+        token: i64,
         mut insert_first: bool,
     ) -> Result<Claim, StoreError> {
-        let token = token::fresh();
         let digest = &key.digest().as_bytes()[..];
         let lease = interval(lease);
         let (namespace, preview) = (pg_text(key.namespace()), pg_text(key.preview()));
@@ -373,20 +375,11 @@ impl PgStore {
     }
 }
 
-impl PgStore {
-    /// A plain-mode claim on a pooled connection.
-    async fn claim_pooled(
-        &self,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-    ) -> Result<Claim, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(backend("claim"))?;
-        let insert_first = !self.order.read_first();
-        let claim = self
-            .claim_on(&mut conn, key, fingerprint, lease, insert_first)
-            .await;
-        self.order.learn(claim)
+impl cancel::ReleaseAfter for PgStore {
+    type Conn = PoolConnection<Postgres>;
+
+    async fn release_after(self, mut conn: Self::Conn, key: Key, token: Token) {
+        cancel::released(self.release_on(&mut *conn, &key, token).await)
     }
 }
 
@@ -398,11 +391,18 @@ impl Store for PgStore {
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let (store, owned_key, fingerprint) = (self.clone(), key.clone(), *fingerprint);
-        cancel::claim_detached(self, key, async move {
-            store.claim_pooled(&owned_key, &fingerprint, lease).await
-        })
-        .await
+        let conn = self.pool.acquire().await.map_err(backend("claim"))?;
+        let token = token::fresh();
+        let mut guard = ClaimConnection::new(self, key, Token::new(token as u64), conn);
+        let Some(conn) = guard.conn() else {
+            return Err(StoreError::backend("claim", "no connection"));
+        };
+        let insert_first = !self.order.read_first();
+        let claim = self
+            .claim_on(conn, key, fingerprint, lease, token, insert_first)
+            .await;
+        guard.disarm();
+        self.order.learn(claim)
     }
 
     async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
@@ -488,7 +488,9 @@ impl<'c> TxStore<Transaction<'c, Postgres>> for PgStore {
         .fetch_one(&mut **tx)
         .await
         .map_err(backend("claim"))?;
-        let claim = self.claim_on(tx, key, fingerprint, lease, true).await;
+        let claim = self
+            .claim_on(tx, key, fingerprint, lease, token::fresh(), true)
+            .await;
         let claim = self.order.learn(claim).map_err(|e| lock_timeout(e, wait))?;
         sqlx::query("SELECT set_config('lock_timeout', $1, true)")
             .bind(previous)

@@ -3,12 +3,13 @@
 use async_trait::async_trait;
 use idem_core::{Claim, Error, Fingerprint, Key, Output, Store, StoreError, Token, TxStore};
 use sqlx::Transaction;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{Sqlite, SqliteConnection, SqliteExecutor, SqlitePool};
 use sqlx::{Row, SqlStr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cancel;
+use crate::cancel::{self, ClaimConnection};
 use crate::found::{self, CLAIM_ATTEMPTS, Found, backend, fenced};
 use crate::order::{ClaimOrder, Order};
 use crate::purge::{self, PURGE_BATCH};
@@ -89,19 +90,19 @@ const NOW: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS IN
 /// In a transaction the claim writes first (the insert, then the read if the key was
 /// there), so that a deferred transaction (`pool.begin()`) whose first statement is the
 /// claim becomes a writer at the claim, waiting for the lock for the busy timeout as
-/// `BEGIN IMMEDIATE` would. A deferred transaction that read before its claim cannot
-/// become a writer while another connection holds the lock or has committed since its
-/// first read: SQLite refuses at once (`SQLITE_BUSY`, no wait). Any `SQLITE_BUSY` in a
-/// transactional claim is therefore an [`Error::Store`] (not a wait timeout) whose message
-/// says to begin with `BEGIN IMMEDIATE`. It comes before the body runs; roll back.
+/// `BEGIN IMMEDIATE` would (and [`Error::WaitTimeout`] when that runs out). A deferred
+/// transaction that read before its claim cannot become a writer while another connection
+/// holds the lock or has committed since its first read: SQLite refuses at once
+/// (`SQLITE_BUSY`, no wait), and the claim returns an [`Error::Store`] whose message says
+/// to begin with `BEGIN IMMEDIATE`. Both come before the body runs; roll back.
 ///
 /// # Limits
 ///
 /// Outputs up to [`MAX_ENCODED_LEN`](idem_core::codec::MAX_ENCODED_LEN) (64 MiB, what a
 /// codec may produce) are recorded; SQLite's own limit (`SQLITE_MAX_LENGTH`, 1,000,000,000
 /// bytes by default and in sqlx's bundled SQLite) is far above it. A plain-mode claim that
-/// is cancelled runs its statements to the end on a task of its own and releases what it
-/// claimed, so no orphan claim is left for the lease.
+/// is cancelled while a statement is in flight is released on the same connection once that
+/// statement is done, so no orphan claim is left for the lease.
 ///
 /// A process killed before its commit leaves neither a record nor an effect: the kernel
 /// drops its locks, and the WAL frames it wrote have no commit frame, so no reader ever
@@ -301,9 +302,9 @@ impl SqliteStore {
         key: &Key,
         fingerprint: &Fingerprint,
         lease: Duration,
+        token: i64,
         mut read: bool,
     ) -> Result<Claim, StoreError> {
-        let token = token::fresh();
         let digest = &key.digest().as_bytes()[..];
         let lease = millis(lease);
         for _ in 0..CLAIM_ATTEMPTS {
@@ -402,20 +403,11 @@ impl SqliteStore {
     }
 }
 
-impl SqliteStore {
-    /// A plain-mode claim on a pooled connection, in the store's [`ClaimOrder`].
-    async fn claim_pooled(
-        &self,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-    ) -> Result<Claim, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(backend("claim"))?;
-        let read_first = self.order.read_first();
-        let claim = self
-            .claim_on(&mut conn, key, fingerprint, lease, read_first)
-            .await;
-        self.order.learn(claim)
+impl cancel::ReleaseAfter for SqliteStore {
+    type Conn = PoolConnection<Sqlite>;
+
+    async fn release_after(self, mut conn: Self::Conn, key: Key, token: Token) {
+        cancel::released(self.release_on(&mut *conn, &key, token).await)
     }
 }
 
@@ -427,11 +419,18 @@ impl Store for SqliteStore {
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let (store, owned_key, fingerprint) = (self.clone(), key.clone(), *fingerprint);
-        cancel::claim_detached(self, key, async move {
-            store.claim_pooled(&owned_key, &fingerprint, lease).await
-        })
-        .await
+        let conn = self.pool.acquire().await.map_err(backend("claim"))?;
+        let token = token::fresh();
+        let mut guard = ClaimConnection::new(self, key, Token::new(token as u64), conn);
+        let Some(conn) = guard.conn() else {
+            return Err(StoreError::backend("claim", "no connection"));
+        };
+        let read_first = self.order.read_first();
+        let claim = self
+            .claim_on(conn, key, fingerprint, lease, token, read_first)
+            .await;
+        guard.disarm();
+        self.order.learn(claim)
     }
 
     async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
@@ -476,30 +475,41 @@ impl Store for SqliteStore {
     }
 }
 
-/// A transactional claim that could not get SQLite's write lock (`SQLITE_BUSY`, 5, or an
-/// extended code of it such as `SQLITE_BUSY_SNAPSHOT`, 517) was in a deferred transaction:
-/// one that read before its claim, which SQLite refuses at once (or, had the claim been
-/// first, one that waited the busy timeout out). Not a wait timeout: the cure is
-/// `BEGIN IMMEDIATE`, and the message says so.
-fn busy(error: StoreError) -> StoreError {
-    if let StoreError::Backend { source, .. } = &error
+/// Whether a claim failed for want of SQLite's write lock (`SQLITE_BUSY`, 5, or an extended
+/// code of it such as `SQLITE_BUSY_SNAPSHOT`, 517).
+fn is_busy(error: &StoreError) -> bool {
+    if let StoreError::Backend { source, .. } = error
         && let Some(sqlx::Error::Database(db)) = source.downcast_ref::<sqlx::Error>()
-        && db
+    {
+        return db
             .code()
             .and_then(|code| code.parse::<i32>().ok())
-            .is_some_and(|code| code & 0xff == 5)
-    {
-        return StoreError::backend(
-            "claim",
-            format!(
-                "{db}: this transaction could not become a writer (another connection holds \
-                 SQLite's write lock, or committed after this transaction first read); begin \
-                 transactions for `tx = ...` with `BEGIN IMMEDIATE` \
-                 (`pool.begin_with(\"BEGIN IMMEDIATE\")`), which waits for the lock at `BEGIN`"
-            ),
-        );
+            .is_some_and(|code| code & 0xff == 5);
     }
-    error
+    false
+}
+
+/// What a transactional claim that could not get the write lock returns: a timeout
+/// (`Error::WaitTimeout`) if it waited the busy timeout out, as a deferred transaction whose
+/// first statement is the claim does; else — SQLite refused at once, because the
+/// transaction had read before its claim and cannot become a writer — an error that says
+/// to begin with `BEGIN IMMEDIATE`.
+fn busy(error: StoreError, waited: Duration, busy_timeout: Duration) -> StoreError {
+    if !busy_timeout.is_zero() && waited >= busy_timeout {
+        return StoreError::Timeout {
+            op: "claim",
+            after: waited,
+        };
+    }
+    StoreError::backend(
+        "claim",
+        format!(
+            "{error}: this transaction could not become a writer (it read before its claim, \
+             and another connection holds SQLite's write lock or committed since); begin \
+             transactions for `tx = ...` with `BEGIN IMMEDIATE` \
+             (`pool.begin_with(\"BEGIN IMMEDIATE\")`), which waits for the lock at `BEGIN`"
+        ),
+    )
 }
 
 #[async_trait]
@@ -517,8 +527,23 @@ impl<'c> TxStore<Transaction<'c, Sqlite>> for SqliteStore {
         // the pool's busy timeout) and this never blocks. In a deferred one, writing first
         // makes the transaction a writer before it reads, if the claim is its first
         // statement (a read first would pin a snapshot that cannot be upgraded).
-        let claim = self.claim_on(tx, key, fingerprint, lease, false).await;
-        self.order.learn(claim).map_err(busy)
+        let started = std::time::Instant::now();
+        let claim = self
+            .claim_on(tx, key, fingerprint, lease, token::fresh(), false)
+            .await;
+        match self.order.learn(claim) {
+            Err(e) if is_busy(&e) => {
+                let waited = started.elapsed();
+                // Only on this error path: the pool's busy timeout, from the connection.
+                let busy_timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+                    .fetch_one(&mut **tx)
+                    .await
+                    .unwrap_or(0);
+                let busy_timeout = Duration::from_millis(busy_timeout.max(0) as u64);
+                Err(busy(e, waited, busy_timeout))
+            }
+            claim => claim,
+        }
     }
 
     async fn complete_in(
@@ -546,6 +571,97 @@ impl<'c> TxStore<Transaction<'c, Sqlite>> for SqliteStore {
 mod tests {
     use super::millis;
     use std::time::Duration;
+
+    /// Not a check: what making a plain claim cancel-safe costs, on the cheapest claim there
+    /// is (a replay on SQLite, one `SELECT`): the store's claim (its connection guarded by
+    /// `cancel::ClaimConnection`), the same statements with no guard, and the same run on a
+    /// task of its own (the other cancel-safe shape, spawn and join), interleaved in
+    /// rounds. Run with `cargo test --release -p idem-sqlx --features sqlite --lib --
+    /// --ignored --nocapture measure`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement; prints timings"]
+    async fn measure_cancel_safe_claim_cost() {
+        use super::SqliteStore;
+        use crate::token;
+        use idem_core::{Claim, Fingerprint, Key, Outcome, Output, Store};
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+        use std::time::Instant;
+
+        let path = std::env::temp_dir().join(format!("idem_measure_{}.db", std::process::id()));
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await
+            .unwrap();
+        let store = SqliteStore::new(pool.clone());
+        store.migrate().await.unwrap();
+        let (key, fp) = (
+            Key::new("measure", "k").unwrap(),
+            Fingerprint::from_bytes([1; 32]),
+        );
+        let long = Duration::from_secs(600);
+        let Ok(Claim::Claimed(token)) = store.claim(&key, &fp, long).await else {
+            panic!("fresh key")
+        };
+        let output = Output {
+            outcome: Outcome::Ok,
+            bytes: vec![1; 42].into(),
+        };
+        store.complete(&key, token, output, long).await.unwrap();
+        async fn unguarded(store: &SqliteStore, key: &Key, fp: Fingerprint) {
+            let mut conn = store.pool.acquire().await.unwrap();
+            let lease = Duration::from_secs(600);
+            let claim = store
+                .claim_on(&mut conn, key, &fp, lease, token::fresh(), true)
+                .await;
+            assert!(matches!(claim, Ok(Claim::Completed(_))));
+        }
+        const N: u32 = 2000;
+        let mut times: [Vec<Duration>; 3] = Default::default();
+        for _ in 0..15 {
+            let started = Instant::now();
+            for _ in 0..N {
+                assert!(matches!(
+                    store.claim(&key, &fp, long).await,
+                    Ok(Claim::Completed(_))
+                ));
+            }
+            times[0].push(started.elapsed() / N);
+            let started = Instant::now();
+            for _ in 0..N {
+                unguarded(&store, &key, fp).await;
+            }
+            times[1].push(started.elapsed() / N);
+            let started = Instant::now();
+            for _ in 0..N {
+                let (store, key) = (store.clone(), key.clone());
+                tokio::spawn(async move { unguarded(&store, &key, fp).await })
+                    .await
+                    .unwrap();
+            }
+            times[2].push(started.elapsed() / N);
+        }
+        let [guarded, plain, spawned] = times.map(|mut t| {
+            t.sort();
+            t[t.len() / 2]
+        });
+        let ratio = |a: Duration| a.as_secs_f64() / plain.as_secs_f64();
+        println!(
+            "SQLite replay claim, median of 15 rounds of {N}: unguarded {plain:?}; guarded \
+             (the store's) {guarded:?} ({:.3}x); on a task of its own {spawned:?} ({:.3}x)",
+            ratio(guarded),
+            ratio(spawned)
+        );
+        pool.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
 
     #[test]
     fn durations_round_up_to_whole_milliseconds() {

@@ -638,6 +638,43 @@ async fn deferred_transactions_that_claim_first_serialize() {
     .await;
 }
 
+/// Item 9: a deferred transaction whose first statement is the claim waits for the write
+/// lock like `BEGIN IMMEDIATE` does, and when the pool's busy timeout runs out that is a
+/// wait timeout (`Error::WaitTimeout`), not the `BEGIN IMMEDIATE` advice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_transaction_that_claims_first_waits_the_busy_timeout() {
+    with_store(|store, db| async move {
+        let busy_timeout = Duration::from_millis(300);
+        let short = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(db.options().busy_timeout(busy_timeout))
+            .await
+            .unwrap();
+        let impatient = SqliteStore::new(short.clone());
+        let holder = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+        let mut tx = short.begin().await.unwrap();
+        let started = std::time::Instant::now();
+        let claim = impatient
+            .claim_in(
+                &mut tx,
+                &key("deferred waits"),
+                &fingerprint(5),
+                LONG,
+                busy_timeout,
+            )
+            .await;
+        assert!(
+            matches!(claim, Err(StoreError::Timeout { op: "claim", .. })),
+            "{claim:?}"
+        );
+        assert!(started.elapsed() >= busy_timeout, "{:?}", started.elapsed());
+        tx.rollback().await.unwrap();
+        holder.rollback().await.unwrap();
+        short.close().await;
+    })
+    .await;
+}
+
 /// Item 9: a deferred transaction that read before its claim cannot become a writer while
 /// another holds the lock: the error says so and names `BEGIN IMMEDIATE` — not a wait
 /// timeout. With `BEGIN IMMEDIATE` the same race waits at `BEGIN` and replays.
