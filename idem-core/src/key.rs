@@ -5,8 +5,10 @@ use std::fmt::{self, Write as _};
 
 use crate::Error;
 
-/// How many bytes of `scope/key` the operator-facing preview keeps (cut on a character).
-const PREVIEW_BYTES: usize = 64;
+/// How many characters of `scope/key` the operator-facing preview keeps.
+const PREVIEW_CHARS: usize = 64;
+/// How many bytes of it are kept inline (all of an ASCII preview), plus 3 for a `…`.
+const INLINE_BYTES: usize = 64;
 
 /// A value an idempotency key (or scope) can be made of.
 ///
@@ -48,57 +50,99 @@ impl KeyWriter {
     }
 }
 
-/// A short inline string: the preview of a key, without a heap allocation per call.
-#[derive(Clone, Copy)]
+/// A short string: the preview of a key. Inline, without a heap allocation per call, while
+/// it fits in `INLINE_BYTES` (every ASCII key); a preview of wider characters moves to the
+/// heap. (Small: a `Key` travels by value through the executor.)
+#[derive(Clone)]
 struct Preview {
-    bytes: [u8; PREVIEW_BYTES + 3],
-    len: usize,
+    bytes: [u8; INLINE_BYTES + 3],
+    len: u8,
+    chars: u8,
     truncated: bool,
+    // Boxed: one pointer instead of a `String`'s three keeps every `Key` small.
+    #[allow(clippy::box_collection)]
+    wide: Option<Box<String>>,
 }
 
 impl Default for Preview {
     fn default() -> Self {
         Preview {
-            bytes: [0; PREVIEW_BYTES + 3],
+            bytes: [0; INLINE_BYTES + 3],
             len: 0,
+            chars: 0,
             truncated: false,
+            wide: None,
         }
     }
 }
 
 impl Preview {
-    /// Appends what fits in `PREVIEW_BYTES`, cut on a character boundary.
+    /// Appends what fits in `PREVIEW_CHARS` characters.
     fn push(&mut self, text: &str) {
-        let room = PREVIEW_BYTES.saturating_sub(self.len);
-        let mut take = text.len().min(room);
-        while !text.is_char_boundary(take) {
-            take -= 1;
+        let room = PREVIEW_CHARS - usize::from(self.chars);
+        let (take, chars) = if text.is_ascii() {
+            let take = text.len().min(room);
+            (take, take)
+        } else {
+            match text.char_indices().nth(room) {
+                Some((cut, _)) => (cut, room),
+                None => (text.len(), text.chars().count()),
+            }
+        };
+        let part = &text[..take];
+        let len = usize::from(self.len);
+        match &mut self.wide {
+            Some(wide) => wide.push_str(part),
+            None if len + take <= INLINE_BYTES => {
+                self.bytes[len..len + take].copy_from_slice(part.as_bytes());
+                // At most `INLINE_BYTES` (64).
+                self.len += take as u8;
+            }
+            None => {
+                let mut wide = String::with_capacity(PREVIEW_CHARS * 4 + 3);
+                wide.push_str(self.inline());
+                wide.push_str(part);
+                self.wide = Some(Box::new(wide));
+            }
         }
-        self.bytes[self.len..self.len + take].copy_from_slice(&text.as_bytes()[..take]);
-        self.len += take;
+        // At most `PREVIEW_CHARS` (64).
+        self.chars += chars as u8;
         self.truncated |= take < text.len();
     }
 
     /// `:` between parts of a composite key (not right after the scope's `/`).
     fn separate(&mut self) {
-        if self.len > 0 && self.bytes[self.len - 1] != b'/' {
+        if !self.as_str().is_empty() && !self.as_str().ends_with('/') {
             self.push(":");
         }
     }
 
-    /// Marks a cut preview with `…` (the 3 spare bytes).
+    /// Marks a cut preview with `…` (inline: in the 3 spare bytes).
     fn finish(mut self) -> Self {
         if self.truncated {
-            let ellipsis = "…".as_bytes();
-            self.bytes[self.len..self.len + ellipsis.len()].copy_from_slice(ellipsis);
-            self.len += ellipsis.len();
+            const ELLIPSIS: &str = "…";
+            match &mut self.wide {
+                Some(wide) => wide.push_str(ELLIPSIS),
+                None => {
+                    let len = usize::from(self.len);
+                    self.bytes[len..len + ELLIPSIS.len()].copy_from_slice(ELLIPSIS.as_bytes());
+                    self.len += ELLIPSIS.len() as u8;
+                }
+            }
         }
         self
     }
 
-    fn as_str(&self) -> &str {
+    fn inline(&self) -> &str {
         // Only whole characters are ever copied in.
-        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+
+    fn as_str(&self) -> &str {
+        match &self.wide {
+            Some(wide) => wide,
+            None => self.inline(),
+        }
     }
 }
 
@@ -228,7 +272,9 @@ impl Key {
         self.namespace
     }
 
-    /// The scope and key as text, cut to 64 bytes, for operators (`scope/key`).
+    /// The scope and key as text, cut to 64 characters (and then ending in `…`), for
+    /// operators (`scope/key`). Raw text: a store whose column cannot hold some character
+    /// (PostgreSQL `TEXT` and NUL) escapes it.
     pub fn preview(&self) -> &str {
         self.preview.as_str()
     }
@@ -387,11 +433,22 @@ mod tests {
     fn preview_is_cut() {
         let long = "x".repeat(500);
         let key = Key::new("ns", &long).unwrap();
-        assert_eq!(key.preview(), format!("{}…", "x".repeat(PREVIEW_BYTES)));
-        // Cut on a character boundary, never inside one.
+        assert_eq!(key.preview(), format!("{}…", "x".repeat(PREVIEW_CHARS)));
+        assert!(key.preview.wide.is_none(), "an ASCII preview stays inline");
+        // 64 characters, whatever their width (README says characters).
+        for wide in ["é", "€", "𝄞"] {
+            let key = Key::new("ns", &wide.repeat(100)).unwrap();
+            assert_eq!(key.preview(), format!("{}…", wide.repeat(PREVIEW_CHARS)));
+            let key = Key::new("ns", &wide.repeat(PREVIEW_CHARS)).unwrap();
+            assert_eq!(key.preview(), wide.repeat(PREVIEW_CHARS), "not cut");
+        }
+        // Across a scope and a composite key.
+        let key = Key::scoped("ns", &"é".repeat(10), &("ab", "€".repeat(100))).unwrap();
+        let want = format!("{}/ab:{}…", "é".repeat(10), "€".repeat(PREVIEW_CHARS - 14));
+        assert_eq!(key.preview(), want);
+        assert_eq!(key.preview().chars().count(), PREVIEW_CHARS + 1);
         let wide = "é".repeat(100);
         let key = Key::new("ns", &wide).unwrap();
-        assert_eq!(key.preview(), format!("{}…", "é".repeat(PREVIEW_BYTES / 2)));
         // Long Display values still hash whole.
         assert_ne!(digest(&u128::MAX), digest(&(u128::MAX - 1)));
         assert_eq!(key.digest().short().len(), 16);

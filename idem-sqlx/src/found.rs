@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 use idem_core::{Busy, Claim, Fingerprint, Outcome, Output, Record, StoreError};
+use std::fmt::Display;
 use std::time::Duration;
 
 /// `state` column values.
@@ -34,11 +35,12 @@ impl Found {
 
     /// The claim outcome for a live row. Malformed columns are a store error, never a panic.
     pub(crate) fn into_claim(self) -> Result<Claim, StoreError> {
-        let corrupt = |what: &str| StoreError::backend("claim", format!("corrupt record: {what}"));
+        let corrupt = |what: &str| corrupt("claim", what);
+        let len = self.fingerprint.len();
         let fingerprint = Fingerprint::from_bytes(
             self.fingerprint
                 .try_into()
-                .map_err(|_| corrupt("the fingerprint is not 32 bytes"))?,
+                .map_err(|_| corrupt(&format!("fingerprint is {len} bytes, not 32")))?,
         );
         match self.state {
             IN_PROGRESS => Ok(Claim::InProgress(Busy {
@@ -50,9 +52,11 @@ impl Found {
                 let outcome = match self.outcome {
                     Some(0) => Outcome::Ok,
                     Some(1) => Outcome::Err,
-                    _ => return Err(corrupt("unknown outcome")),
+                    _ => return Err(corrupt("outcome is not 0 or 1")),
                 };
-                let bytes = self.output.ok_or_else(|| corrupt("no output"))?;
+                let bytes = self
+                    .output
+                    .ok_or_else(|| corrupt("output is NULL on a completed record"))?;
                 Ok(Claim::Completed(Record {
                     fingerprint,
                     output: Output {
@@ -61,15 +65,45 @@ impl Found {
                     },
                 }))
             }
-            _ => Err(corrupt("unknown state")),
+            _ => Err(corrupt("state is not 0 or 1")),
         }
     }
 }
 
+/// The longest lease or TTL a store writes: about 100 years, in microseconds.
+const CAP_US: i64 = 100 * 365 * 24 * 60 * 60 * 1_000_000;
+
 /// A duration as whole microseconds for SQL arithmetic, capped at about 100 years.
 pub(crate) fn micros(d: Duration) -> i64 {
-    const CAP: u128 = 100 * 365 * 24 * 60 * 60 * 1_000_000;
-    d.as_micros().min(CAP) as i64
+    d.as_micros().min(CAP_US as u128) as i64
+}
+
+/// A record no store wrote (a manual edit, a foreign schema): a clean error naming what is
+/// wrong with it, e.g. `corrupt("claim", "expires_at is +infinity")`.
+pub(crate) fn corrupt(op: &'static str, what: impl Display) -> StoreError {
+    StoreError::backend(op, format!("corrupt record: {what}"))
+}
+
+/// The microseconds until a row's `expires_at`, checked: `None` (the database could not
+/// compute it: `why_none` says why) and deadlines further ahead than any store writes are
+/// corrupt records, so that such a row is an error naming the column rather than a key
+/// that stays in progress or replays for centuries. Each store maps the values its
+/// takeover and purge treat as past (PostgreSQL `-infinity`, a MySQL zero date, SQLite's
+/// smallest integer) to a negative number before this, so they count as expired.
+pub(crate) fn remaining_us(us: Option<i64>, why_none: &str) -> Result<i64, StoreError> {
+    // A year of slack over the cap: a record written at the cap is never refused.
+    const MAX_AHEAD_US: i64 = CAP_US + 365 * 24 * 60 * 60 * 1_000_000;
+    match us {
+        None => Err(corrupt("claim", format_args!("expires_at {why_none}"))),
+        Some(us) if us > MAX_AHEAD_US => Err(corrupt(
+            "claim",
+            format_args!(
+                "expires_at is {} years ahead; no lease or TTL is longer than 100 years",
+                us / (365 * 24 * 60 * 60 * 1_000_000)
+            ),
+        )),
+        Some(us) => Ok(us),
+    }
 }
 
 /// How many times a claim retries when the row changed between its statements.

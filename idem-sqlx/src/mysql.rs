@@ -6,13 +6,14 @@ use sqlx::mysql::{MySql, MySqlConnection, MySqlDatabaseError, MySqlExecutor, MyS
 use sqlx::pool::PoolConnection;
 use sqlx::{Row, SqlStr, Transaction};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::cancel;
+use crate::cancel::{self, ClaimConnection};
 use crate::found::{self, CLAIM_ATTEMPTS, Found, backend, fenced};
 use crate::order::{ClaimOrder, Order};
 use crate::purge::{self, PURGE_BATCH};
-use crate::table::Table;
+use crate::table::{Dialect, Table};
 use crate::token;
 
 /// Idempotency records in MySQL or MariaDB (InnoDB): exactly-once across every process
@@ -43,6 +44,22 @@ use crate::token;
 /// `complete`, `renew` and `release` are one fenced statement each (`WHERE key_digest = ?
 /// AND token = ? AND state = 0`); they count the rows the `WHERE` matched
 /// (`CLIENT_FOUND_ROWS`), so a renewal that happens to write the same deadline still counts.
+/// A `complete` whose `UPDATE` matches nothing reads once more, to tell a retry of its own
+/// completion (`Ok`) from a lost lease.
+///
+/// # Limits
+///
+/// A statement, with its parameters, and a result row must fit in the server's
+/// `max_allowed_packet` (16 MiB on MariaDB by default, 64 MiB on MySQL 8). The store reads it
+/// once, on its first claim or [`migrate`](MySqlStore::migrate), and
+/// [`max_output_len`](Store::max_output_len) is that minus 1 KiB for the statement and the
+/// other columns (at most 64 MiB, the codec's limit); until it has been read, 1 MiB. Raise
+/// `max_allowed_packet` for larger outputs, and restart the application.
+///
+/// A claim that is cancelled while a statement is in flight (an `INSERT` blocked behind
+/// another transaction's lock on the key, which the server still runs when that lock goes)
+/// is released on the same connection once that statement is done, so no orphan claim is
+/// left for the lease.
 ///
 /// # Transactional mode
 ///
@@ -86,6 +103,8 @@ pub struct MySqlStore {
     pool: MySqlPool,
     table: Table,
     sql: Arc<Statements>,
+    /// The server's `max_allowed_packet`, once read (0 until then).
+    max_packet: Arc<AtomicUsize>,
 }
 
 struct Statements {
@@ -95,28 +114,34 @@ struct Statements {
     take_over: SqlStr,
     renew: SqlStr,
     complete: SqlStr,
+    completed: SqlStr,
     release: SqlStr,
     purge: SqlStr,
     create_table: SqlStr,
 }
 
-/// A claim's read of the key's row.
+/// A claim's read of the key's row. An `expires_at` the takeover and the purge treat as
+/// past (`<= UTC_TIMESTAMP(6)`) is -1 — a zero date `0000-00-00` included, for which
+/// `TIMESTAMPDIFF` is NULL — so such a row counts as expired; NULL is left for dates that
+/// are neither (a corrupt record).
 const READ: &str = "SELECT state, fingerprint, outcome, output, \
-       TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) AS remaining_us \
+       CASE WHEN expires_at <= UTC_TIMESTAMP(6) THEN -1 \
+            ELSE TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) END AS remaining_us \
      FROM {t} WHERE key_digest = ?";
 
 impl Statements {
     fn new(t: &Table) -> Self {
+        let sql = |template: &str| t.sql(Dialect::MySql, template);
         Statements {
-            read: t.sql(READ),
-            read_locked: t.sql(&format!("{READ} LOCK IN SHARE MODE")),
-            insert: t.sql(
+            read: sql(READ),
+            read_locked: sql(&format!("{READ} LOCK IN SHARE MODE")),
+            insert: sql(
                 "INSERT IGNORE INTO {t} (key_digest, namespace, key_preview, fingerprint, state, \
                    token, lease_until, expires_at, created_at) \
                  VALUES (?, ?, ?, ?, 0, ?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
                    UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, UTC_TIMESTAMP(6))",
             ),
-            take_over: t.sql(
+            take_over: sql(
                 "UPDATE {t} SET namespace = ?, key_preview = ?, fingerprint = ?, state = 0, \
                    token = ?, outcome = NULL, output = NULL, \
                    lease_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
@@ -124,23 +149,21 @@ impl Statements {
                    created_at = UTC_TIMESTAMP(6) \
                  WHERE key_digest = ? AND expires_at <= UTC_TIMESTAMP(6)",
             ),
-            renew: t.sql(
+            renew: sql(
                 "UPDATE {t} SET lease_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
                    expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
                  WHERE key_digest = ? AND token = ? AND state = 0",
             ),
-            complete: t.sql(
+            complete: sql(
                 "UPDATE {t} SET state = 1, outcome = ?, output = ?, lease_until = NULL, \
                    expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
                  WHERE key_digest = ? AND token = ? AND state = 0",
             ),
-            release: t.sql("DELETE FROM {t} WHERE key_digest = ? AND token = ? AND state = 0"),
-            purge: t.sql(
-                "DELETE FROM {t} WHERE expires_at <= UTC_TIMESTAMP(6) \
-                 ORDER BY expires_at, key_digest LIMIT ?",
-            ),
-            create_table: t.sql(
-                "CREATE TABLE IF NOT EXISTS {t} ( \
+            completed: sql("SELECT 1 FROM {t} WHERE key_digest = ? AND token = ? AND state = 1"),
+            release: sql("DELETE FROM {t} WHERE key_digest = ? AND token = ? AND state = 0"),
+            purge: sql("DELETE FROM {t} WHERE expires_at <= UTC_TIMESTAMP(6) \
+                 ORDER BY expires_at, key_digest LIMIT ?"),
+            create_table: sql("CREATE TABLE IF NOT EXISTS {t} ( \
                    key_digest  BINARY(32) NOT NULL PRIMARY KEY, \
                    namespace   VARCHAR(255) NOT NULL, \
                    key_preview VARCHAR(100) NOT NULL, \
@@ -152,9 +175,8 @@ impl Statements {
                    lease_until DATETIME(6) NULL, \
                    expires_at  DATETIME(6) NOT NULL, \
                    created_at  DATETIME(6) NOT NULL, \
-                   INDEX {t}_expires_at (expires_at) \
-                 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
-            ),
+                   INDEX {i} (expires_at) \
+                 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"),
         }
     }
 }
@@ -166,6 +188,13 @@ const MIGRATE_LOCK_WAIT_SECS: i64 = 60;
 /// digest, not this column, identifies a record).
 const NAMESPACE_CHARS: usize = 255;
 
+/// What `max_output_len` says until the server told `max_allowed_packet`: 1 MiB, which
+/// every supported server's default (MySQL 8: 64 MiB, MariaDB 10.5+: 16 MiB) is far above.
+const UNKNOWN_PACKET_OUTPUT: usize = 1 << 20;
+/// Room in a packet for the `complete` statement's other parameters and a replayed row's
+/// other columns (each well under 100 bytes).
+const PACKET_MARGIN: usize = 1024;
+
 impl MySqlStore {
     /// A store on `pool`, in the table `idem_records`.
     pub fn new(pool: MySqlPool) -> Self {
@@ -175,6 +204,7 @@ impl MySqlStore {
             sql: Arc::new(Statements::new(&table)),
             pool,
             table,
+            max_packet: Arc::default(),
         }
     }
 
@@ -186,6 +216,7 @@ impl MySqlStore {
             sql: Arc::new(Statements::new(&table)),
             pool: self.pool,
             table,
+            max_packet: self.max_packet,
         })
     }
 
@@ -212,6 +243,7 @@ impl MySqlStore {
             released: false,
         };
         let conn = &mut held.conn;
+        self.learn_max_packet(conn).await;
         let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
             .bind(&lock_name)
             .bind(MIGRATE_LOCK_WAIT_SECS)
@@ -262,6 +294,25 @@ impl Drop for LockedConnection {
     fn drop(&mut self) {
         if !self.released {
             self.conn.close_on_drop();
+        }
+    }
+}
+
+impl MySqlStore {
+    /// Reads `max_allowed_packet` from the server, once per store (and its clones).
+    async fn learn_max_packet(&self, conn: &mut MySqlConnection) {
+        if self.max_packet.load(Ordering::Relaxed) != 0 {
+            return;
+        }
+        match sqlx::query_scalar::<_, i64>("SELECT CAST(@@max_allowed_packet AS SIGNED)")
+            .fetch_one(conn)
+            .await
+        {
+            Ok(bytes) => self
+                .max_packet
+                .store(usize::try_from(bytes).unwrap_or(0), Ordering::Relaxed),
+            // Not worth failing a claim for: the limit stays at its safe lower bound.
+            Err(e) => tracing::debug!(%e, "could not read max_allowed_packet"),
         }
     }
 }
@@ -338,9 +389,9 @@ impl MySqlStore {
         key: &Key,
         fingerprint: &Fingerprint,
         lease: Duration,
+        token: i64,
         mode: Mode,
     ) -> Result<Claim, StoreError> {
-        let token = token::fresh();
         let digest = &key.digest().as_bytes()[..];
         let namespace = truncate_chars(key.namespace(), NAMESPACE_CHARS);
         let lease = found::micros(lease);
@@ -392,9 +443,13 @@ impl MySqlStore {
                 fingerprint: row.try_get("fingerprint").map_err(column)?,
                 outcome: row.try_get("outcome").map_err(column)?,
                 output: row.try_get("output").map_err(column)?,
-                remaining_us: row.try_get("remaining_us").map_err(column)?,
+                remaining_us: found::remaining_us(
+                    row.try_get("remaining_us").map_err(column)?,
+                    "is not a valid date",
+                )?,
             };
             if found.live() {
+                not_padded(&found.fingerprint)?;
                 return found.into_claim();
             }
             // Expired: take it over, unless another claimer just did (0 rows).
@@ -444,24 +499,37 @@ impl MySqlStore {
         fenced(done.rows_affected())
     }
 
-    async fn complete_on<'e>(
+    /// The fenced `UPDATE`; when it matches no claim of `token`'s, whether `token` already
+    /// completed the record (a retry after a lost reply: `Ok`, and the record stays as
+    /// first written).
+    async fn complete_on(
         &self,
-        conn: impl MySqlExecutor<'e>,
+        conn: &mut MySqlConnection,
         key: &Key,
         token: Token,
         output: Output,
         ttl: Duration,
     ) -> Result<(), StoreError> {
+        let digest = &key.digest().as_bytes()[..];
         let done = sqlx::query(self.sql.complete.clone())
             .bind(found::outcome_code(output.outcome))
             .bind(&output.bytes[..])
             .bind(found::micros(ttl))
-            .bind(&key.digest().as_bytes()[..])
+            .bind(digest)
             .bind(token_value(token))
-            .execute(conn)
+            .execute(&mut *conn)
             .await
             .map_err(backend("complete"))?;
-        fenced(done.rows_affected())
+        if done.rows_affected() == 1 {
+            return Ok(());
+        }
+        let completed = sqlx::query(self.sql.completed.clone())
+            .bind(digest)
+            .bind(token_value(token))
+            .fetch_optional(conn)
+            .await
+            .map_err(backend("complete"))?;
+        fenced(u64::from(completed.is_some()))
     }
 
     async fn release_on<'e>(
@@ -480,6 +548,31 @@ impl MySqlStore {
     }
 }
 
+/// A 32-byte fingerprint that ends in 8 or more zero bytes is a shorter value that
+/// `BINARY(32)` padded (a SHA-256 does that once in 2^64): a corrupt record, not another
+/// request's fingerprint (which would read as a payload mismatch).
+fn not_padded(fingerprint: &[u8]) -> Result<(), StoreError> {
+    const PADDING: usize = 8;
+    if fingerprint.len() == 32 && fingerprint[32 - PADDING..].iter().all(|b| *b == 0) {
+        let zeros = fingerprint.iter().rev().take_while(|b| **b == 0).count();
+        return Err(found::corrupt(
+            "claim",
+            format_args!(
+                "fingerprint ends in {zeros} zero bytes: a shorter value padded by BINARY(32)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl cancel::ReleaseAfter for MySqlStore {
+    type Conn = PoolConnection<MySql>;
+
+    async fn release_after(self, mut conn: Self::Conn, key: Key, token: Token) {
+        cancel::released(self.release_on(&mut *conn, &key, token).await)
+    }
+}
+
 #[async_trait]
 impl Store for MySqlStore {
     async fn claim(
@@ -488,10 +581,17 @@ impl Store for MySqlStore {
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(backend("claim"))?;
+        let conn = self.pool.acquire().await.map_err(backend("claim"))?;
+        let token = token::fresh();
+        let mut guard = ClaimConnection::new(self, key, Token::new(token as u64), conn);
+        let Some(conn) = guard.conn() else {
+            return Err(StoreError::backend("claim", "no connection"));
+        };
+        self.learn_max_packet(conn).await;
         let claim = self
-            .claim_on(&mut conn, key, fingerprint, lease, Mode::Plain)
+            .claim_on(conn, key, fingerprint, lease, token, Mode::Plain)
             .await;
+        guard.disarm();
         self.order.learn(claim)
     }
 
@@ -506,7 +606,8 @@ impl Store for MySqlStore {
         output: Output,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        self.complete_on(&self.pool, key, token, output, ttl).await
+        let mut conn = self.pool.acquire().await.map_err(backend("complete"))?;
+        self.complete_on(&mut conn, key, token, output, ttl).await
     }
 
     async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
@@ -515,6 +616,17 @@ impl Store for MySqlStore {
 
     fn release_on_drop(&self, key: &Key, token: Token) {
         cancel::release_in_background(self, key, token);
+    }
+
+    /// The server's `max_allowed_packet` less 1 KiB, at most 64 MiB; 1 MiB until the first
+    /// claim or `migrate` has read it (see the type's docs).
+    fn max_output_len(&self) -> usize {
+        match self.max_packet.load(Ordering::Relaxed) {
+            0 => UNKNOWN_PACKET_OUTPUT,
+            packet => packet
+                .saturating_sub(PACKET_MARGIN)
+                .min(idem_core::codec::MAX_ENCODED_LEN),
+        }
     }
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {
@@ -567,13 +679,14 @@ impl<'c> TxStore<Transaction<'c, MySql>> for MySqlStore {
         // put back afterwards, also after a failed claim: unlike PostgreSQL's
         // `set_config(…, true)` a session variable outlives the transaction, and the
         // connection goes back to the pool.
+        self.learn_max_packet(tx).await;
         sqlx::query(SET_LOCK_WAIT)
             .bind(lock_wait_secs(wait))
             .execute(&mut **tx)
             .await
             .map_err(backend("claim"))?;
         let claim = self
-            .claim_on(tx, key, fingerprint, lease, Mode::InTx)
+            .claim_on(tx, key, fingerprint, lease, token::fresh(), Mode::InTx)
             .await
             .map_err(|e| lock_timeout(e, wait));
         let restored = sqlx::query(RESTORE_LOCK_WAIT)
@@ -593,7 +706,7 @@ impl<'c> TxStore<Transaction<'c, MySql>> for MySqlStore {
         output: Output,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        self.complete_on(&mut **tx, key, token, output, ttl).await
+        self.complete_on(tx, key, token, output, ttl).await
     }
 
     async fn release_in(

@@ -3,17 +3,19 @@
 use async_trait::async_trait;
 use idem_core::{Claim, Error, Fingerprint, Key, Output, Store, StoreError, Token, TxStore};
 use sqlx::Transaction;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::types::PgInterval;
 use sqlx::postgres::{PgConnection, PgExecutor, PgPool, PgRow, Postgres};
 use sqlx::{Row, SqlStr};
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cancel;
+use crate::cancel::{self, ClaimConnection};
 use crate::found::{self, CLAIM_ATTEMPTS, Found, backend, fenced};
 use crate::order::{ClaimOrder, Order};
 use crate::purge::{self, PURGE_BATCH};
-use crate::table::Table;
+use crate::table::{Dialect, Table};
 use crate::token;
 
 /// Idempotency records in PostgreSQL: exactly-once across every process sharing the
@@ -33,6 +35,14 @@ use crate::token;
 /// replay and 5–10% more than the plain insert on a fresh key under load; BENCHMARKS.md.)
 /// All times come from the database's `now()`.
 ///
+/// A claim that is cancelled (its future dropped) while a statement is in flight (an
+/// `INSERT` blocked behind another transaction's row, which the server still runs when that
+/// transaction ends) is released on the same connection once that statement is done, so no
+/// orphan claim is left for the lease. Outputs up to [`MAX_ENCODED_LEN`](idem_core::codec::MAX_ENCODED_LEN)
+/// (64 MiB, what a codec may produce) are recorded; PostgreSQL's own limit, 1 GB per
+/// `BYTEA` value, is far above it. The `key_preview` column is `TEXT`, which cannot hold
+/// NUL: a NUL in the preview is stored as `␀` (U+2400); the key itself is the digest.
+///
 /// [`with_claim_order`]: PgStore::with_claim_order
 #[derive(Clone)]
 pub struct PgStore {
@@ -48,6 +58,7 @@ struct Statements {
     take_over: SqlStr,
     renew: SqlStr,
     complete: SqlStr,
+    completed: SqlStr,
     release: SqlStr,
     purge: SqlStr,
     create_table: SqlStr,
@@ -56,41 +67,44 @@ struct Statements {
 
 impl Statements {
     fn new(t: &Table) -> Self {
+        let sql = |template: &str| t.sql(Dialect::Postgres, template);
         Statements {
-            read: t.sql(
+            // `remaining` is NULL for `+infinity` (a corrupt record); `-infinity` counts as
+            // expired, as the takeover's and the purge's `expires_at <= now()` say.
+            read: sql(
                 "SELECT state::int8 AS state, fingerprint, outcome::int8 AS outcome, output, \
-                        expires_at - now() AS remaining \
+                        CASE WHEN isfinite(expires_at) THEN expires_at - now() \
+                             WHEN expires_at <= now() THEN interval '-1 microsecond' \
+                        END AS remaining \
                  FROM {t} WHERE key_digest = $1",
             ),
-            insert: t.sql(
+            insert: sql(
                 "INSERT INTO {t} (key_digest, namespace, key_preview, fingerprint, state, token, \
                                   lease_until, expires_at) \
                  VALUES ($1, $2, $3, $4, 0, $5, now() + $6, now() + $6) \
                  ON CONFLICT (key_digest) DO NOTHING",
             ),
-            take_over: t.sql(
+            take_over: sql(
                 "UPDATE {t} SET namespace = $2, key_preview = $3, fingerprint = $4, state = 0, \
                    token = $5, outcome = NULL, output = NULL, lease_until = now() + $6, \
                    expires_at = now() + $6, created_at = now() \
                  WHERE key_digest = $1 AND expires_at <= now()",
             ),
-            renew: t.sql(
+            renew: sql(
                 "UPDATE {t} SET lease_until = now() + $3, expires_at = now() + $3 \
                  WHERE key_digest = $1 AND token = $2 AND state = 0",
             ),
-            complete: t.sql(
+            complete: sql(
                 "UPDATE {t} SET state = 1, outcome = $3, output = $4, lease_until = NULL, \
                    expires_at = now() + $5 \
                  WHERE key_digest = $1 AND token = $2 AND state = 0",
             ),
-            release: t.sql("DELETE FROM {t} WHERE key_digest = $1 AND token = $2 AND state = 0"),
-            purge: t.sql(
-                "DELETE FROM {t} WHERE key_digest IN ( \
+            completed: sql("SELECT 1 FROM {t} WHERE key_digest = $1 AND token = $2 AND state = 1"),
+            release: sql("DELETE FROM {t} WHERE key_digest = $1 AND token = $2 AND state = 0"),
+            purge: sql("DELETE FROM {t} WHERE key_digest IN ( \
                    SELECT key_digest FROM {t} WHERE expires_at <= now() \
-                   LIMIT $1 FOR UPDATE SKIP LOCKED)",
-            ),
-            create_table: t.sql(
-                "CREATE TABLE IF NOT EXISTS {t} ( \
+                   LIMIT $1 FOR UPDATE SKIP LOCKED)"),
+            create_table: sql("CREATE TABLE IF NOT EXISTS {t} ( \
                    key_digest  BYTEA PRIMARY KEY CHECK (octet_length(key_digest) = 32), \
                    namespace   TEXT NOT NULL, \
                    key_preview TEXT NOT NULL, \
@@ -101,9 +115,8 @@ impl Statements {
                    output      BYTEA, \
                    lease_until TIMESTAMPTZ, \
                    expires_at  TIMESTAMPTZ NOT NULL, \
-                   created_at  TIMESTAMPTZ NOT NULL DEFAULT now())",
-            ),
-            create_index: t.sql("CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at)"),
+                   created_at  TIMESTAMPTZ NOT NULL DEFAULT now())"),
+            create_index: sql("CREATE INDEX IF NOT EXISTS {i} ON {t} (expires_at)"),
         }
     }
 }
@@ -180,15 +193,32 @@ fn interval(d: Duration) -> Duration {
 /// The record a claim's read found.
 fn found(row: &PgRow) -> Result<Found, StoreError> {
     let column = backend("claim");
-    let remaining: PgInterval = row.try_get("remaining").map_err(column)?;
+    let remaining: Option<PgInterval> = row.try_get("remaining").map_err(column)?;
+    // Between two timestamps: days and microseconds, never months; saturating, as a
+    // hand-written year-294276 deadline is further off than an i64 of microseconds reaches.
+    let remaining_us = remaining.map(|r| {
+        i64::from(r.days)
+            .saturating_mul(86_400_000_000)
+            .saturating_add(r.microseconds)
+    });
     Ok(Found {
         state: row.try_get("state").map_err(column)?,
         fingerprint: row.try_get("fingerprint").map_err(column)?,
         outcome: row.try_get("outcome").map_err(column)?,
         output: row.try_get("output").map_err(column)?,
-        // Between two timestamps: days and microseconds, never months.
-        remaining_us: i64::from(remaining.days) * 86_400_000_000 + remaining.microseconds,
+        remaining_us: found::remaining_us(remaining_us, "is +infinity")?,
     })
+}
+
+/// `text` as a `TEXT` column can hold it: PostgreSQL refuses NUL in text ("invalid byte
+/// sequence"), so for the operators' columns (the preview, the namespace) it becomes `␀`.
+/// Borrowed, without a copy, for text without NUL.
+fn pg_text(text: &str) -> Cow<'_, str> {
+    if text.contains('\0') {
+        Cow::Owned(text.replace('\0', "\u{2400}"))
+    } else {
+        Cow::Borrowed(text)
+    }
 }
 
 fn token_value(token: Token) -> i64 {
@@ -222,17 +252,18 @@ impl PgStore {
         key: &Key,
         fingerprint: &Fingerprint,
         lease: Duration,
+        token: i64,
         mut insert_first: bool,
     ) -> Result<Claim, StoreError> {
-        let token = token::fresh();
         let digest = &key.digest().as_bytes()[..];
         let lease = interval(lease);
+        let (namespace, preview) = (pg_text(key.namespace()), pg_text(key.preview()));
         // The insert and the takeover write the same new claim.
         let write_claim = |sql: &SqlStr| {
             sqlx::query(sql.clone())
                 .bind(digest)
-                .bind(key.namespace())
-                .bind(key.preview())
+                .bind(&*namespace)
+                .bind(&*preview)
                 .bind(&fingerprint.as_bytes()[..])
                 .bind(token)
                 .bind(lease)
@@ -295,24 +326,37 @@ impl PgStore {
         fenced(done.rows_affected())
     }
 
-    async fn complete_on<'e>(
+    /// The fenced `UPDATE`; when it finds no claim of `token`'s, whether `token` already
+    /// completed the record (a retry after a lost reply: `Ok`, and the record stays as
+    /// first written).
+    async fn complete_on(
         &self,
-        conn: impl PgExecutor<'e>,
+        conn: &mut PgConnection,
         key: &Key,
         token: Token,
         output: Output,
         ttl: Duration,
     ) -> Result<(), StoreError> {
+        let digest = &key.digest().as_bytes()[..];
         let done = sqlx::query(self.sql.complete.clone())
-            .bind(&key.digest().as_bytes()[..])
+            .bind(digest)
             .bind(token_value(token))
             .bind(found::outcome_code(output.outcome))
             .bind(&output.bytes[..])
             .bind(interval(ttl))
-            .execute(conn)
+            .execute(&mut *conn)
             .await
             .map_err(backend("complete"))?;
-        fenced(done.rows_affected())
+        if done.rows_affected() == 1 {
+            return Ok(());
+        }
+        let completed = sqlx::query(self.sql.completed.clone())
+            .bind(digest)
+            .bind(token_value(token))
+            .fetch_optional(conn)
+            .await
+            .map_err(backend("complete"))?;
+        fenced(u64::from(completed.is_some()))
     }
 
     async fn release_on<'e>(
@@ -331,6 +375,14 @@ impl PgStore {
     }
 }
 
+impl cancel::ReleaseAfter for PgStore {
+    type Conn = PoolConnection<Postgres>;
+
+    async fn release_after(self, mut conn: Self::Conn, key: Key, token: Token) {
+        cancel::released(self.release_on(&mut *conn, &key, token).await)
+    }
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn claim(
@@ -339,11 +391,17 @@ impl Store for PgStore {
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(backend("claim"))?;
+        let conn = self.pool.acquire().await.map_err(backend("claim"))?;
+        let token = token::fresh();
+        let mut guard = ClaimConnection::new(self, key, Token::new(token as u64), conn);
+        let Some(conn) = guard.conn() else {
+            return Err(StoreError::backend("claim", "no connection"));
+        };
         let insert_first = !self.order.read_first();
         let claim = self
-            .claim_on(&mut conn, key, fingerprint, lease, insert_first)
+            .claim_on(conn, key, fingerprint, lease, token, insert_first)
             .await;
+        guard.disarm();
         self.order.learn(claim)
     }
 
@@ -358,7 +416,8 @@ impl Store for PgStore {
         output: Output,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        self.complete_on(&self.pool, key, token, output, ttl).await
+        let mut conn = self.pool.acquire().await.map_err(backend("complete"))?;
+        self.complete_on(&mut conn, key, token, output, ttl).await
     }
 
     async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
@@ -367,6 +426,12 @@ impl Store for PgStore {
 
     fn release_on_drop(&self, key: &Key, token: Token) {
         cancel::release_in_background(self, key, token);
+    }
+
+    /// [`MAX_ENCODED_LEN`](idem_core::codec::MAX_ENCODED_LEN) (64 MiB): below PostgreSQL's
+    /// 1 GB per `BYTEA` value, so the codec's limit is the one that binds.
+    fn max_output_len(&self) -> usize {
+        idem_core::codec::MAX_ENCODED_LEN
     }
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {
@@ -423,7 +488,9 @@ impl<'c> TxStore<Transaction<'c, Postgres>> for PgStore {
         .fetch_one(&mut **tx)
         .await
         .map_err(backend("claim"))?;
-        let claim = self.claim_on(tx, key, fingerprint, lease, true).await;
+        let claim = self
+            .claim_on(tx, key, fingerprint, lease, token::fresh(), true)
+            .await;
         let claim = self.order.learn(claim).map_err(|e| lock_timeout(e, wait))?;
         sqlx::query("SELECT set_config('lock_timeout', $1, true)")
             .bind(previous)
@@ -441,7 +508,7 @@ impl<'c> TxStore<Transaction<'c, Postgres>> for PgStore {
         output: Output,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        self.complete_on(&mut **tx, key, token, output, ttl).await
+        self.complete_on(tx, key, token, output, ttl).await
     }
 
     async fn release_in(

@@ -3,16 +3,17 @@
 use async_trait::async_trait;
 use idem_core::{Claim, Error, Fingerprint, Key, Output, Store, StoreError, Token, TxStore};
 use sqlx::Transaction;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{Sqlite, SqliteConnection, SqliteExecutor, SqlitePool};
 use sqlx::{Row, SqlStr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cancel;
+use crate::cancel::{self, ClaimConnection};
 use crate::found::{self, CLAIM_ATTEMPTS, Found, backend, fenced};
 use crate::order::{ClaimOrder, Order};
 use crate::purge::{self, PURGE_BATCH};
-use crate::table::Table;
+use crate::table::{Dialect, Table};
 use crate::token;
 
 /// The database's clock as integer milliseconds since the Unix epoch. `julianday('now')`
@@ -86,11 +87,22 @@ const NOW: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS IN
 /// transaction blocks every other writer of the database file (plain-mode claims too)
 /// until it ends, so keep it short.
 ///
-/// A deferred transaction (`pool.begin()`) is not serialized: its claim reads under a
-/// snapshot and only asks for the write lock at its insert. If another transaction holds
-/// the lock at that moment, the claim fails at once with `SQLITE_BUSY`, reported as
-/// [`Error::WaitTimeout`]. If another transaction committed since the snapshot, it fails
-/// with `SQLITE_BUSY_SNAPSHOT`, an [`Error::Store`]. Both come before the body runs.
+/// In a transaction the claim writes first (the insert, then the read if the key was
+/// there), so that a deferred transaction (`pool.begin()`) whose first statement is the
+/// claim becomes a writer at the claim, waiting for the lock for the busy timeout as
+/// `BEGIN IMMEDIATE` would (and [`Error::WaitTimeout`] when that runs out). A deferred
+/// transaction that read before its claim cannot become a writer while another connection
+/// holds the lock or has committed since its first read: SQLite refuses at once
+/// (`SQLITE_BUSY`, no wait), and the claim returns an [`Error::Store`] whose message says
+/// to begin with `BEGIN IMMEDIATE`. Both come before the body runs; roll back.
+///
+/// # Limits
+///
+/// Outputs up to [`MAX_ENCODED_LEN`](idem_core::codec::MAX_ENCODED_LEN) (64 MiB, what a
+/// codec may produce) are recorded; SQLite's own limit (`SQLITE_MAX_LENGTH`, 1,000,000,000
+/// bytes by default and in sqlx's bundled SQLite) is far above it. A plain-mode claim that
+/// is cancelled while a statement is in flight is released on the same connection once that
+/// statement is done, so no orphan claim is left for the lease.
 ///
 /// A process killed before its commit leaves neither a record nor an effect: the kernel
 /// drops its locks, and the WAL frames it wrote have no commit frame, so no reader ever
@@ -110,6 +122,7 @@ struct Statements {
     claim: SqlStr,
     renew: SqlStr,
     complete: SqlStr,
+    completed: SqlStr,
     release: SqlStr,
     purge: SqlStr,
     create_table: SqlStr,
@@ -118,10 +131,16 @@ struct Statements {
 
 impl Statements {
     fn new(t: &Table) -> Self {
-        let sql = |template: &str| t.sql(&template.replace("{now}", NOW));
+        let sql = |template: &str| t.sql(Dialect::Sqlite, &template.replace("{now}", NOW));
         Statements {
+            // Expired (-1) by the same `expires_at <= now` as the claim's upsert and the
+            // purge, whatever its type; else the milliseconds left, which cannot overflow
+            // (a positive minus a positive), for an integer; else NULL: SQLite stores what
+            // it is given, and text, a blob or a far REAL is a corrupt record.
             read: sql("SELECT state, fingerprint, outcome, output, \
-                        (expires_at - {now}) * 1000 AS remaining_us \
+                        CASE WHEN expires_at <= {now} THEN -1 \
+                             WHEN typeof(expires_at) = 'integer' THEN expires_at - {now} \
+                        END AS remaining_ms \
                  FROM {t} WHERE key_digest = ?1"),
             // Inserts a fresh record, or takes over an expired one; a live one is left
             // alone (0 rows affected).
@@ -145,6 +164,7 @@ impl Statements {
                    expires_at = {now} + ?5 \
                  WHERE key_digest = ?1 AND token = ?2 AND state = 0",
             ),
+            completed: sql("SELECT 1 FROM {t} WHERE key_digest = ?1 AND token = ?2 AND state = 1"),
             release: sql("DELETE FROM {t} WHERE key_digest = ?1 AND token = ?2 AND state = 0"),
             purge: sql("DELETE FROM {t} WHERE rowid IN ( \
                    SELECT rowid FROM {t} WHERE expires_at <= {now} LIMIT ?1)"),
@@ -160,7 +180,7 @@ impl Statements {
                    lease_until INTEGER, \
                    expires_at  INTEGER NOT NULL, \
                    created_at  INTEGER NOT NULL)"),
-            create_index: sql("CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at)"),
+            create_index: sql("CREATE INDEX IF NOT EXISTS {i} ON {t} (expires_at)"),
         }
     }
 }
@@ -258,30 +278,35 @@ impl SqliteStore {
             return Ok(None);
         };
         let read = |e| StoreError::backend("claim", e);
+        let remaining_ms: Option<i64> = row.try_get("remaining_ms").map_err(read)?;
+        // Saturating: `i64::MAX` stays too far ahead (a corrupt record).
+        let remaining_us = remaining_ms.map(|ms| ms.saturating_mul(1000));
         Ok(Some(Found {
             state: row.try_get("state").map_err(read)?,
             fingerprint: row.try_get("fingerprint").map_err(read)?,
             outcome: row.try_get("outcome").map_err(read)?,
             output: row.try_get("output").map_err(read)?,
-            remaining_us: row.try_get("remaining_us").map_err(read)?,
+            remaining_us: found::remaining_us(
+                remaining_us,
+                "is neither past nor an integer (milliseconds since the Unix epoch)",
+            )?,
         }))
     }
 
     /// The claim on one connection: a pool's for plain mode, the transaction's in
-    /// transactional mode (where the transaction already holds the write lock, so nothing
-    /// can change between the read and the insert). It reads or inserts first as the
-    /// store's [`ClaimOrder`] says.
+    /// transactional mode (where the insert makes the transaction the writer, so nothing
+    /// can change between it and the read). It reads first if `read`.
     async fn claim_on(
         &self,
         conn: &mut SqliteConnection,
         key: &Key,
         fingerprint: &Fingerprint,
         lease: Duration,
+        token: i64,
+        mut read: bool,
     ) -> Result<Claim, StoreError> {
-        let token = token::fresh();
         let digest = &key.digest().as_bytes()[..];
         let lease = millis(lease);
-        let mut read = self.order.read_first();
         for _ in 0..CLAIM_ATTEMPTS {
             if read
                 && let Some(found) = self.read_on(&mut *conn, digest).await?
@@ -329,24 +354,37 @@ impl SqliteStore {
         fenced(done.rows_affected())
     }
 
-    async fn complete_on<'e>(
+    /// The fenced `UPDATE`; when it matches no claim of `token`'s, whether `token` already
+    /// completed the record (a retry after a lost reply: `Ok`, and the record stays as
+    /// first written).
+    async fn complete_on(
         &self,
-        conn: impl SqliteExecutor<'e>,
+        conn: &mut SqliteConnection,
         key: &Key,
         token: Token,
         output: Output,
         ttl: Duration,
     ) -> Result<(), StoreError> {
+        let digest = &key.digest().as_bytes()[..];
         let done = sqlx::query(self.sql.complete.clone())
-            .bind(&key.digest().as_bytes()[..])
+            .bind(digest)
             .bind(token_value(token))
             .bind(found::outcome_code(output.outcome))
             .bind(&output.bytes[..])
             .bind(millis(ttl))
-            .execute(conn)
+            .execute(&mut *conn)
             .await
             .map_err(backend("complete"))?;
-        fenced(done.rows_affected())
+        if done.rows_affected() == 1 {
+            return Ok(());
+        }
+        let completed = sqlx::query(self.sql.completed.clone())
+            .bind(digest)
+            .bind(token_value(token))
+            .fetch_optional(conn)
+            .await
+            .map_err(backend("complete"))?;
+        fenced(u64::from(completed.is_some()))
     }
 
     async fn release_on<'e>(
@@ -365,6 +403,14 @@ impl SqliteStore {
     }
 }
 
+impl cancel::ReleaseAfter for SqliteStore {
+    type Conn = PoolConnection<Sqlite>;
+
+    async fn release_after(self, mut conn: Self::Conn, key: Key, token: Token) {
+        cancel::released(self.release_on(&mut *conn, &key, token).await)
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn claim(
@@ -373,8 +419,17 @@ impl Store for SqliteStore {
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(backend("claim"))?;
-        let claim = self.claim_on(&mut conn, key, fingerprint, lease).await;
+        let conn = self.pool.acquire().await.map_err(backend("claim"))?;
+        let token = token::fresh();
+        let mut guard = ClaimConnection::new(self, key, Token::new(token as u64), conn);
+        let Some(conn) = guard.conn() else {
+            return Err(StoreError::backend("claim", "no connection"));
+        };
+        let read_first = self.order.read_first();
+        let claim = self
+            .claim_on(conn, key, fingerprint, lease, token, read_first)
+            .await;
+        guard.disarm();
         self.order.learn(claim)
     }
 
@@ -389,7 +444,8 @@ impl Store for SqliteStore {
         output: Output,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        self.complete_on(&self.pool, key, token, output, ttl).await
+        let mut conn = self.pool.acquire().await.map_err(backend("complete"))?;
+        self.complete_on(&mut conn, key, token, output, ttl).await
     }
 
     async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
@@ -398,6 +454,12 @@ impl Store for SqliteStore {
 
     fn release_on_drop(&self, key: &Key, token: Token) {
         cancel::release_in_background(self, key, token);
+    }
+
+    /// [`MAX_ENCODED_LEN`](idem_core::codec::MAX_ENCODED_LEN) (64 MiB): below SQLite's
+    /// `SQLITE_MAX_LENGTH` (1,000,000,000 bytes), so the codec's limit is the one that binds.
+    fn max_output_len(&self) -> usize {
+        idem_core::codec::MAX_ENCODED_LEN
     }
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {
@@ -413,36 +475,41 @@ impl Store for SqliteStore {
     }
 }
 
-/// A claim that could not get SQLite's write lock (`SQLITE_BUSY`, 5) is a timeout, so the
-/// caller gets `Error::WaitTimeout`. The code is the same whether the busy timeout ran
-/// out or SQLite refused at once (a deferred transaction that had already read). A
-/// transaction whose snapshot is older than another's commit (`SQLITE_BUSY_SNAPSHOT`,
-/// 517) can never write: say how to avoid it.
-fn busy(error: StoreError, wait: Duration) -> StoreError {
-    if let StoreError::Backend { source, .. } = &error
+/// Whether a claim failed for want of SQLite's write lock (`SQLITE_BUSY`, 5, or an extended
+/// code of it such as `SQLITE_BUSY_SNAPSHOT`, 517).
+fn is_busy(error: &StoreError) -> bool {
+    if let StoreError::Backend { source, .. } = error
         && let Some(sqlx::Error::Database(db)) = source.downcast_ref::<sqlx::Error>()
     {
-        match db.code().as_deref() {
-            Some("5") => {
-                return StoreError::Timeout {
-                    op: "claim",
-                    after: wait,
-                };
-            }
-            Some("517") => {
-                return StoreError::backend(
-                    "claim",
-                    format!(
-                        "{db}: another transaction committed since this one first read; begin \
-                         transactions for `tx = ...` with `BEGIN IMMEDIATE` \
-                         (`pool.begin_with(\"BEGIN IMMEDIATE\")`)"
-                    ),
-                );
-            }
-            _ => {}
-        }
+        return db
+            .code()
+            .and_then(|code| code.parse::<i32>().ok())
+            .is_some_and(|code| code & 0xff == 5);
     }
-    error
+    false
+}
+
+/// What a transactional claim that could not get the write lock returns: a timeout
+/// (`Error::WaitTimeout`) if it waited the busy timeout out, as a deferred transaction whose
+/// first statement is the claim does; else — SQLite refused at once, because the
+/// transaction had read before its claim and cannot become a writer — an error that says
+/// to begin with `BEGIN IMMEDIATE`.
+fn busy(error: StoreError, waited: Duration, busy_timeout: Duration) -> StoreError {
+    if !busy_timeout.is_zero() && waited >= busy_timeout {
+        return StoreError::Timeout {
+            op: "claim",
+            after: waited,
+        };
+    }
+    StoreError::backend(
+        "claim",
+        format!(
+            "{error}: this transaction could not become a writer (it read before its claim, \
+             and another connection holds SQLite's write lock or committed since); begin \
+             transactions for `tx = ...` with `BEGIN IMMEDIATE` \
+             (`pool.begin_with(\"BEGIN IMMEDIATE\")`), which waits for the lock at `BEGIN`"
+        ),
+    )
 }
 
 #[async_trait]
@@ -453,12 +520,30 @@ impl<'c> TxStore<Transaction<'c, Sqlite>> for SqliteStore {
         key: &Key,
         fingerprint: &Fingerprint,
         lease: Duration,
-        wait: Duration,
+        // Not settable per statement here: SQLite waits for the pool's busy timeout.
+        _wait: Duration,
     ) -> Result<Claim, StoreError> {
         // In a `BEGIN IMMEDIATE` transaction the waiting already happened at `BEGIN` (for
-        // the pool's busy timeout) and this never blocks.
-        let claim = self.claim_on(tx, key, fingerprint, lease).await;
-        self.order.learn(claim).map_err(|e| busy(e, wait))
+        // the pool's busy timeout) and this never blocks. In a deferred one, writing first
+        // makes the transaction a writer before it reads, if the claim is its first
+        // statement (a read first would pin a snapshot that cannot be upgraded).
+        let started = std::time::Instant::now();
+        let claim = self
+            .claim_on(tx, key, fingerprint, lease, token::fresh(), false)
+            .await;
+        match self.order.learn(claim) {
+            Err(e) if is_busy(&e) => {
+                let waited = started.elapsed();
+                // Only on this error path: the pool's busy timeout, from the connection.
+                let busy_timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+                    .fetch_one(&mut **tx)
+                    .await
+                    .unwrap_or(0);
+                let busy_timeout = Duration::from_millis(busy_timeout.max(0) as u64);
+                Err(busy(e, waited, busy_timeout))
+            }
+            claim => claim,
+        }
     }
 
     async fn complete_in(
@@ -469,7 +554,7 @@ impl<'c> TxStore<Transaction<'c, Sqlite>> for SqliteStore {
         output: Output,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        self.complete_on(&mut **tx, key, token, output, ttl).await
+        self.complete_on(tx, key, token, output, ttl).await
     }
 
     async fn release_in(
@@ -486,6 +571,97 @@ impl<'c> TxStore<Transaction<'c, Sqlite>> for SqliteStore {
 mod tests {
     use super::millis;
     use std::time::Duration;
+
+    /// Not a check: what making a plain claim cancel-safe costs, on the cheapest claim there
+    /// is (a replay on SQLite, one `SELECT`): the store's claim (its connection guarded by
+    /// `cancel::ClaimConnection`), the same statements with no guard, and the same run on a
+    /// task of its own (the other cancel-safe shape, spawn and join), interleaved in
+    /// rounds. Run with `cargo test --release -p idem-sqlx --features sqlite --lib --
+    /// --ignored --nocapture measure`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement; prints timings"]
+    async fn measure_cancel_safe_claim_cost() {
+        use super::SqliteStore;
+        use crate::token;
+        use idem_core::{Claim, Fingerprint, Key, Outcome, Output, Store};
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+        use std::time::Instant;
+
+        let path = std::env::temp_dir().join(format!("idem_measure_{}.db", std::process::id()));
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await
+            .unwrap();
+        let store = SqliteStore::new(pool.clone());
+        store.migrate().await.unwrap();
+        let (key, fp) = (
+            Key::new("measure", "k").unwrap(),
+            Fingerprint::from_bytes([1; 32]),
+        );
+        let long = Duration::from_secs(600);
+        let Ok(Claim::Claimed(token)) = store.claim(&key, &fp, long).await else {
+            panic!("fresh key")
+        };
+        let output = Output {
+            outcome: Outcome::Ok,
+            bytes: vec![1; 42].into(),
+        };
+        store.complete(&key, token, output, long).await.unwrap();
+        async fn unguarded(store: &SqliteStore, key: &Key, fp: Fingerprint) {
+            let mut conn = store.pool.acquire().await.unwrap();
+            let lease = Duration::from_secs(600);
+            let claim = store
+                .claim_on(&mut conn, key, &fp, lease, token::fresh(), true)
+                .await;
+            assert!(matches!(claim, Ok(Claim::Completed(_))));
+        }
+        const N: u32 = 2000;
+        let mut times: [Vec<Duration>; 3] = Default::default();
+        for _ in 0..15 {
+            let started = Instant::now();
+            for _ in 0..N {
+                assert!(matches!(
+                    store.claim(&key, &fp, long).await,
+                    Ok(Claim::Completed(_))
+                ));
+            }
+            times[0].push(started.elapsed() / N);
+            let started = Instant::now();
+            for _ in 0..N {
+                unguarded(&store, &key, fp).await;
+            }
+            times[1].push(started.elapsed() / N);
+            let started = Instant::now();
+            for _ in 0..N {
+                let (store, key) = (store.clone(), key.clone());
+                tokio::spawn(async move { unguarded(&store, &key, fp).await })
+                    .await
+                    .unwrap();
+            }
+            times[2].push(started.elapsed() / N);
+        }
+        let [guarded, plain, spawned] = times.map(|mut t| {
+            t.sort();
+            t[t.len() / 2]
+        });
+        let ratio = |a: Duration| a.as_secs_f64() / plain.as_secs_f64();
+        println!(
+            "SQLite replay claim, median of 15 rounds of {N}: unguarded {plain:?}; guarded \
+             (the store's) {guarded:?} ({:.3}x); on a task of its own {spawned:?} ({:.3}x)",
+            ratio(guarded),
+            ratio(spawned)
+        );
+        pool.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
 
     #[test]
     fn durations_round_up_to_whole_milliseconds() {

@@ -1,18 +1,47 @@
-//! The table name: validated once, then spliced into statements built once.
+//! The table name: validated once, then spliced (quoted) into statements built once.
 
 use idem_core::{Error, StoreError};
+use std::sync::Arc;
 
 /// The table a store uses unless told otherwise.
 pub(crate) const DEFAULT_TABLE: &str = "idem_records";
 
+/// How a database quotes identifiers.
+#[cfg_attr(
+    not(all(feature = "sqlite", feature = "postgres", feature = "mysql")),
+    allow(dead_code)
+)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    /// `"name"`, folded to lower case as PostgreSQL folds an unquoted name, so that a table
+    /// made by a version that did not quote (`MyTable` → `mytable`) is still the one used.
+    Postgres,
+    /// `"name"` (SQLite compares identifiers case-insensitively, quoted or not).
+    Sqlite,
+    /// `` `name` `` (case follows the server's `lower_case_table_names`, quoted or not).
+    MySql,
+}
+
+impl Dialect {
+    fn quote(self, ident: &str) -> String {
+        match self {
+            Dialect::Postgres => format!("\"{}\"", ident.to_ascii_lowercase()),
+            Dialect::Sqlite => format!("\"{ident}\""),
+            Dialect::MySql => format!("`{ident}`"),
+        }
+    }
+}
+
 /// A table name that is safe to splice into SQL: an ASCII identifier, 1–48 characters
 /// (so that `<table>_expires_at` stays within PostgreSQL's 63), not starting with a digit.
+/// Statements quote it, so reserved words (`order`, `select`, `key`, …) work as names.
+// `Arc<str>`: stores are cloned onto a task for every plain-mode claim (see `cancel.rs`).
 #[derive(Clone, Debug)]
-pub(crate) struct Table(String);
+pub(crate) struct Table(Arc<str>);
 
 impl Default for Table {
     fn default() -> Self {
-        Table(DEFAULT_TABLE.to_owned())
+        Table(DEFAULT_TABLE.into())
     }
 }
 
@@ -23,7 +52,7 @@ impl Table {
             && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
             && !name.as_bytes()[0].is_ascii_digit();
         if valid {
-            Ok(Table(name.to_owned()))
+            Ok(Table(name.into()))
         } else {
             Err(Error::Store(StoreError::Config(format!(
                 "invalid table name {name:?}: use 1 to 48 ASCII letters, digits and underscores, \
@@ -32,11 +61,17 @@ impl Table {
         }
     }
 
-    /// `template` with every `{t}` replaced by the table name.
-    pub(crate) fn sql(&self, template: &str) -> sqlx::SqlStr {
+    /// `template` with every `{t}` replaced by the quoted table name and every `{i}` by the
+    /// quoted name of its expiry index (`<table>_expires_at`).
+    pub(crate) fn sql(&self, dialect: Dialect, template: &str) -> sqlx::SqlStr {
         use sqlx::SqlSafeStr;
-        // Safe: the name was validated as a plain identifier above.
-        sqlx::AssertSqlSafe(template.replace("{t}", &self.0)).into_sql_str()
+        let index = format!("{}_expires_at", self.0);
+        // Safe: the name was validated as a plain identifier above, and identifiers made of
+        // ASCII letters, digits and underscores need no escaping inside quotes.
+        let sql = template
+            .replace("{t}", &dialect.quote(&self.0))
+            .replace("{i}", &dialect.quote(&index));
+        sqlx::AssertSqlSafe(sql).into_sql_str()
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -50,7 +85,7 @@ mod tests {
 
     #[test]
     fn only_plain_identifiers_pass() {
-        for good in ["idem_records", "t", "_x1", "A_b_9"] {
+        for good in ["idem_records", "t", "_x1", "A_b_9", "select", "order"] {
             assert!(Table::new(good).is_ok(), "{good}");
         }
         let long = "x".repeat(49);
@@ -74,11 +109,23 @@ mod tests {
     }
 
     #[test]
-    fn statements_name_the_table() {
-        let t = Table::new("my_table").unwrap();
+    fn statements_quote_the_table_and_its_index() {
+        let t = Table::new("My_Table").unwrap();
+        let template = "CREATE INDEX {i} ON {t} (x); DELETE FROM {t} WHERE {t}.x";
         assert_eq!(
-            t.sql("DELETE FROM {t} WHERE {t}.x").as_str(),
-            "DELETE FROM my_table WHERE my_table.x"
+            t.sql(Dialect::Postgres, template).as_str(),
+            "CREATE INDEX \"my_table_expires_at\" ON \"my_table\" (x); \
+             DELETE FROM \"my_table\" WHERE \"my_table\".x"
+        );
+        assert_eq!(
+            t.sql(Dialect::Sqlite, template).as_str(),
+            "CREATE INDEX \"My_Table_expires_at\" ON \"My_Table\" (x); \
+             DELETE FROM \"My_Table\" WHERE \"My_Table\".x"
+        );
+        assert_eq!(
+            t.sql(Dialect::MySql, template).as_str(),
+            "CREATE INDEX `My_Table_expires_at` ON `My_Table` (x); \
+             DELETE FROM `My_Table` WHERE `My_Table`.x"
         );
     }
 }

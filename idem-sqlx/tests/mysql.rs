@@ -644,3 +644,193 @@ async fn measure_insert_ignore_vs_select() {
     }
     exec(&pool, format!("DROP TABLE {table}")).await;
 }
+
+use idem_core::{Token, TxStore};
+
+/// Item 5 of issue 8: a retry of `complete` after a lost reply is `Ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_is_idempotent_for_its_owner() {
+    with_store(|store| async move {
+        support::complete_is_idempotent_for_its_owner(&*store).await;
+    })
+    .await;
+}
+
+/// The same inside a transaction: `complete_in` twice with the owner's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_in_is_idempotent_for_its_owner() {
+    with_store(|store| async move {
+        let (key, fp) = (new_key("tx_twice"), fingerprint(1));
+        let mut tx = store.pool().begin().await.unwrap();
+        let Claim::Claimed(token) = store
+            .claim_in(&mut tx, &key, &fp, LONG, Duration::from_secs(5))
+            .await
+            .unwrap()
+        else {
+            panic!("fresh key")
+        };
+        let first = ok_output(&b"\x01first"[..]);
+        for bytes in [&b"\x01first"[..], &b"\x01second"[..]] {
+            store
+                .complete_in(&mut tx, &key, token, ok_output(bytes), LONG)
+                .await
+                .expect("complete_in again with the owner's token is Ok");
+        }
+        let other = Token::new(token.get() ^ 1);
+        let refused = store
+            .complete_in(&mut tx, &key, other, first.clone(), LONG)
+            .await;
+        assert!(matches!(refused, Err(StoreError::LeaseLost)), "{refused:?}");
+        let released = store.release_in(&mut tx, &key, token).await;
+        assert!(
+            matches!(released, Err(StoreError::LeaseLost)),
+            "{released:?}"
+        );
+        tx.commit().await.unwrap();
+        assert_eq!(support::replayed(&*store, &key, &fp).await, first);
+    })
+    .await;
+}
+
+/// Item 4: the store states the server's `max_allowed_packet` less its margin (a lower
+/// bound before it has asked); an output of exactly that size is recorded and replayed,
+/// and one of the packet's size cannot be written at all — the limit is the server's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn largest_output_round_trips() {
+    with_store(|store| async move {
+        let packet: i64 = sqlx::query_scalar("SELECT CAST(@@max_allowed_packet AS SIGNED)")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        let packet = packet as usize;
+        let unasked = MySqlStore::new(store.pool().clone());
+        assert!(
+            unasked.max_output_len() <= 1 << 20,
+            "before asking: {}",
+            unasked.max_output_len()
+        );
+        let max = support::largest_output_round_trips(&*store).await;
+        assert!(
+            max < idem_core::codec::MAX_ENCODED_LEN.min(packet),
+            "{max} of {packet}"
+        );
+        assert!(max >= packet - 1024, "{max} of {packet}");
+        // One byte more is what the executor refuses before `complete`; a whole packet is
+        // refused by the server.
+        let key = new_key("over_the_packet");
+        let token = claimed(&store, &key, &fingerprint(2), LONG).await;
+        let over = store
+            .complete(&key, token, ok_output(vec![1u8; packet]), LONG)
+            .await;
+        assert!(
+            matches!(over, Err(StoreError::Backend { op: "complete", .. })),
+            "{} bytes: {over:?}",
+            packet
+        );
+    })
+    .await;
+}
+
+/// Item 8: reserved words work as table names (every statement quotes the name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserved_words_as_table_names() {
+    let Some(pool) = pool().await else { return };
+    support::for_each_reserved_word(move |word| {
+        let pool = pool.clone();
+        async move {
+            exec(&pool, format!("DROP TABLE IF EXISTS `{word}`")).await;
+            let store = MySqlStore::new(pool.clone()).with_table(word).unwrap();
+            store
+                .migrate()
+                .await
+                .unwrap_or_else(|e| panic!("migrate of table {word:?}: {e}"));
+            store.migrate().await.unwrap();
+            support::exercise(&store).await;
+            exec(&pool, format!("DROP TABLE `{word}`")).await;
+        }
+    })
+    .await;
+}
+
+/// Item 6: a plain claim blocked behind a transaction that holds the key's row, dropped by
+/// a timeout, leaves no claim once that transaction rolls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_cancelled_in_flight_leaves_no_claim() {
+    with_store(|store| async move {
+        let key = new_key("cancelled");
+        let fp = fingerprint(6);
+        let mut tx = store.pool().begin().await.unwrap();
+        let claim = store
+            .claim_in(&mut tx, &key, &fp, LONG, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(matches!(claim, Claim::Claimed(_)), "{claim:?}");
+        let blocked =
+            tokio::time::timeout(Duration::from_millis(300), store.claim(&key, &fp, LONG)).await;
+        assert!(
+            blocked.is_err(),
+            "the claim should block behind the transaction: {blocked:?}"
+        );
+        tx.rollback().await.unwrap();
+        support::claimable_within_a_second(&*store, &key, "after the rollback").await;
+    })
+    .await;
+}
+
+/// Item 10: a zero date counts as expired (as the takeover and the purge see it); a date
+/// further ahead than any lease or TTL, and a fingerprint shorter than 32 bytes that
+/// `BINARY(32)` padded with zeros, are corrupt records naming the column — not a key in
+/// progress for 8000 years, nor a payload mismatch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_dates_far_dates_and_padded_fingerprints() {
+    with_store(|store| async move {
+        let t = store.table().to_owned();
+        // A session that lets zero dates in, as an old server or a lax `sql_mode` would.
+        let mut lax = store.pool().acquire().await.unwrap();
+        sqlx::query("SET SESSION sql_mode = ''")
+            .execute(&mut *lax)
+            .await
+            .unwrap();
+        let cases = [
+            ("expires_at = '0000-00-00 00:00:00'", None),
+            (
+                "expires_at = '9999-12-31 23:59:59'",
+                Some("corrupt record: expires_at"),
+            ),
+            ("fingerprint = x'0303'", Some("corrupt record: fingerprint")),
+        ];
+        for completed in [false, true] {
+            for (set, error) in cases {
+                let key = new_key("odd_rows");
+                let fp = fingerprint(3);
+                let token = claimed(&store, &key, &fp, LONG).await;
+                if completed {
+                    store
+                        .complete(&key, token, ok_output(&b"\x01v"[..]), LONG)
+                        .await
+                        .unwrap();
+                }
+                let sql = format!("UPDATE {t} SET {set} WHERE key_digest = x'{}'", hex(&key));
+                let changed = sqlx::query(AssertSqlSafe(sql))
+                    .execute(&mut *lax)
+                    .await
+                    .unwrap()
+                    .rows_affected();
+                assert_eq!(changed, 1, "{set}");
+                let claim = store.claim(&key, &fp, LONG).await;
+                match (error, &claim) {
+                    (None, Ok(Claim::Claimed(_))) => {}
+                    (
+                        Some(message),
+                        Err(StoreError::Backend {
+                            op: "claim",
+                            source,
+                        }),
+                    ) if source.to_string().contains(message) => {}
+                    _ => panic!("{set} (completed: {completed}): {claim:?}"),
+                }
+            }
+        }
+    })
+    .await;
+}

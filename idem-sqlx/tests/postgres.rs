@@ -125,3 +125,286 @@ async fn corrupt_columns_are_errors_not_panics() {
     })
     .await;
 }
+
+use idem_core::{Claim, Fingerprint, Key, Store, StoreError, Token, TxStore};
+use std::time::Duration;
+
+/// Runs `sql` (built from a test table name) on `pool`; returns the rows it changed.
+async fn exec(pool: &PgPool, sql: String) -> u64 {
+    sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+        .execute(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .rows_affected()
+}
+
+fn hex(key: &Key) -> String {
+    key.digest()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Item 5 of issue 8: a retry of `complete` after a lost reply is `Ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_is_idempotent_for_its_owner() {
+    with_store(|store| async move {
+        support::complete_is_idempotent_for_its_owner(&*store).await;
+    })
+    .await;
+}
+
+/// The same inside a transaction: `complete_in` twice with the owner's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_in_is_idempotent_for_its_owner() {
+    with_store(|store| async move {
+        let (key, fp) = (
+            Key::new("tx", "twice").unwrap(),
+            Fingerprint::from_bytes([1; 32]),
+        );
+        let mut tx = store.pool().begin().await.unwrap();
+        let Claim::Claimed(token) = store
+            .claim_in(
+                &mut tx,
+                &key,
+                &fp,
+                support::LONG_LEASE,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap()
+        else {
+            panic!("fresh key")
+        };
+        let first = support::output(&b"\x01first"[..]);
+        for bytes in [&b"\x01first"[..], &b"\x01second"[..]] {
+            store
+                .complete_in(
+                    &mut tx,
+                    &key,
+                    token,
+                    support::output(bytes),
+                    support::LONG_LEASE,
+                )
+                .await
+                .expect("complete_in again with the owner's token is Ok");
+        }
+        let other = Token::new(token.get() ^ 1);
+        let refused = store
+            .complete_in(&mut tx, &key, other, first.clone(), support::LONG_LEASE)
+            .await;
+        assert!(matches!(refused, Err(StoreError::LeaseLost)), "{refused:?}");
+        let released = store.release_in(&mut tx, &key, token).await;
+        assert!(
+            matches!(released, Err(StoreError::LeaseLost)),
+            "{released:?}"
+        );
+        tx.commit().await.unwrap();
+        assert_eq!(support::replayed(&*store, &key, &fp).await, first);
+    })
+    .await;
+}
+
+/// Item 4: PostgreSQL's limit (1 GB per BYTEA) is above the codec's 64 MiB, which the store
+/// states, and an output of that size is recorded and replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn largest_output_round_trips() {
+    with_store(|store| async move {
+        let max = support::largest_output_round_trips(&*store).await;
+        assert_eq!(max, idem_core::codec::MAX_ENCODED_LEN);
+    })
+    .await;
+}
+
+/// Item 8: reserved words work as table names (every statement quotes the name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserved_words_as_table_names() {
+    let Some(pool) = pool().await else { return };
+    support::for_each_reserved_word(move |word| {
+        let pool = pool.clone();
+        async move {
+            // PostgreSQL folds unquoted names to lower case; the store quotes the folded name.
+            let quoted = format!("\"{}\"", word.to_lowercase());
+            exec(&pool, format!("DROP TABLE IF EXISTS {quoted}")).await;
+            let store = PgStore::new(pool.clone()).with_table(word).unwrap();
+            store
+                .migrate()
+                .await
+                .unwrap_or_else(|e| panic!("migrate of table {word:?}: {e}"));
+            store.migrate().await.unwrap();
+            support::exercise(&store).await;
+            exec(&pool, format!("DROP TABLE {quoted}")).await;
+        }
+    })
+    .await;
+}
+
+/// A table made by a version that did not quote names (`MyTable` was folded to `mytable`)
+/// is still the one a store named `MyTable` uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_case_names_keep_their_unquoted_table() {
+    let Some(pool) = pool().await else { return };
+    let name = support::unique_table("Idem_Pg_Case");
+    let folded = name.to_lowercase();
+    let old = PgStore::new(pool.clone()).with_table(&folded).unwrap();
+    old.migrate().await.unwrap();
+    let key = Key::new("case", "k").unwrap();
+    let fp = Fingerprint::from_bytes([2; 32]);
+    support::claimed(&old, &key, &fp, support::LONG_LEASE).await;
+    let store = PgStore::new(pool.clone()).with_table(&name).unwrap();
+    store.migrate().await.unwrap();
+    assert!(matches!(
+        store.claim(&key, &fp, support::LONG_LEASE).await,
+        Ok(Claim::InProgress(_))
+    ));
+    exec(&pool, format!("DROP TABLE {folded}")).await;
+}
+
+/// Item 7: a NUL byte in a key or scope (within the preview's 64 characters) works like any
+/// other key; the preview stores it as `␀`, and keeps 64 characters however wide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_bytes_in_keys_and_scopes() {
+    with_store(|store| async move {
+        let fp = Fingerprint::from_bytes([4; 32]);
+        let keys = [
+            Key::new("nul", "a\0b").unwrap(),
+            Key::new("nul", "\0").unwrap(),
+            Key::scoped("nul", "tenant\0", "k").unwrap(),
+            Key::new("nul\0namespace", "k").unwrap(),
+        ];
+        for key in &keys {
+            let token = store
+                .claim(key, &fp, support::LONG_LEASE)
+                .await
+                .unwrap_or_else(|e| panic!("claim of {key:?}: {e}"));
+            let Claim::Claimed(token) = token else {
+                panic!("{key:?}: {token:?}")
+            };
+            store
+                .complete(
+                    key,
+                    token,
+                    support::output(&b"\x01v"[..]),
+                    support::LONG_LEASE,
+                )
+                .await
+                .unwrap();
+            support::replayed(&*store, key, &fp).await;
+        }
+        // Another key that differs only in the NUL is another record.
+        support::claimed(
+            &*store,
+            &Key::new("nul", "ab").unwrap(),
+            &fp,
+            support::LONG_LEASE,
+        )
+        .await;
+        let preview: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT key_preview FROM {} WHERE key_digest = $1",
+            store.table()
+        )))
+        .bind(&keys[0].digest().as_bytes()[..])
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(preview, "a\u{2400}b");
+        // 64 characters of 2-byte text, then `…`.
+        let wide = Key::new("wide", &"é".repeat(100)).unwrap();
+        support::claimed(&*store, &wide, &fp, support::LONG_LEASE).await;
+        let chars: i32 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT char_length(key_preview) FROM {} WHERE key_digest = $1",
+            store.table()
+        )))
+        .bind(&wide.digest().as_bytes()[..])
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(chars, 65);
+    })
+    .await;
+}
+
+/// Item 6: a plain claim blocked behind a transaction that holds the key's row, dropped by
+/// a timeout, leaves no claim once that transaction rolls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_cancelled_in_flight_leaves_no_claim() {
+    with_store(|store| async move {
+        let key = Key::new("cancelled", "k").unwrap();
+        let fp = Fingerprint::from_bytes([6; 32]);
+        let mut tx = store.pool().begin().await.unwrap();
+        let claim = store
+            .claim_in(
+                &mut tx,
+                &key,
+                &fp,
+                support::LONG_LEASE,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(claim, Claim::Claimed(_)), "{claim:?}");
+        let blocked = tokio::time::timeout(
+            Duration::from_millis(300),
+            store.claim(&key, &fp, support::LONG_LEASE),
+        )
+        .await;
+        assert!(
+            blocked.is_err(),
+            "the claim should block behind the transaction: {blocked:?}"
+        );
+        tx.rollback().await.unwrap();
+        support::claimable_within_a_second(&*store, &key, "after the rollback").await;
+    })
+    .await;
+}
+
+/// Item 10: `expires_at = -infinity` counts as expired; `+infinity` (or any deadline further
+/// ahead than a store ever writes) is a corrupt record naming the column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infinite_and_far_deadlines() {
+    with_store(|store| async move {
+        let fp = Fingerprint::from_bytes([8; 32]);
+        for (i, completed) in [false, true].into_iter().enumerate() {
+            for (value, expired) in [
+                ("'-infinity'", true),
+                ("'infinity'", false),
+                ("'294276-12-31 00:00:00+00'", false),
+                ("now() + interval '1000 years'", false),
+            ] {
+                let key = Key::new("deadline", &format!("{i} {value}")).unwrap();
+                let token = support::claimed(&*store, &key, &fp, support::LONG_LEASE).await;
+                if completed {
+                    store
+                        .complete(
+                            &key,
+                            token,
+                            support::output(&b"\x01v"[..]),
+                            support::LONG_LEASE,
+                        )
+                        .await
+                        .unwrap();
+                }
+                let set = format!(
+                    "UPDATE {} SET expires_at = {value} WHERE key_digest = '\\x{}'",
+                    store.table(),
+                    hex(&key)
+                );
+                assert_eq!(exec(store.pool(), set).await, 1);
+                let claim = store.claim(&key, &fp, support::LONG_LEASE).await;
+                match (expired, &claim) {
+                    (true, Ok(Claim::Claimed(_))) => {}
+                    (
+                        false,
+                        Err(StoreError::Backend {
+                            op: "claim",
+                            source,
+                        }),
+                    ) if source.to_string().contains("corrupt record: expires_at") => {}
+                    _ => panic!("expires_at = {value} (completed: {completed}): {claim:?}"),
+                }
+            }
+        }
+    })
+    .await;
+}

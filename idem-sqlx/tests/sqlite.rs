@@ -486,3 +486,308 @@ fn digest_hex(key: &Key) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+use idem_core::{Token, TxStore};
+
+/// Item 5 of issue 8: a retry of `complete` after a lost reply is `Ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_is_idempotent_for_its_owner() {
+    with_store(|store, _| async move {
+        support::complete_is_idempotent_for_its_owner(&*store).await;
+    })
+    .await;
+}
+
+/// The same inside a transaction: `complete_in` twice with the owner's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_in_is_idempotent_for_its_owner() {
+    with_store(|store, _| async move {
+        let (key, fp) = (key("tx twice"), fingerprint(1));
+        let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+        let Claim::Claimed(token) = store
+            .claim_in(&mut tx, &key, &fp, LONG, Duration::from_secs(5))
+            .await
+            .unwrap()
+        else {
+            panic!("fresh key")
+        };
+        let first = support::output(&b"\x01first"[..]);
+        for bytes in [&b"\x01first"[..], &b"\x01second"[..]] {
+            store
+                .complete_in(&mut tx, &key, token, support::output(bytes), LONG)
+                .await
+                .expect("complete_in again with the owner's token is Ok");
+        }
+        let other = Token::new(token.get() ^ 1);
+        let refused = store
+            .complete_in(&mut tx, &key, other, first.clone(), LONG)
+            .await;
+        assert!(matches!(refused, Err(StoreError::LeaseLost)), "{refused:?}");
+        let released = store.release_in(&mut tx, &key, token).await;
+        assert!(
+            matches!(released, Err(StoreError::LeaseLost)),
+            "{released:?}"
+        );
+        tx.commit().await.unwrap();
+        assert_eq!(support::replayed(&*store, &key, &fp).await, first);
+    })
+    .await;
+}
+
+/// Item 4: SQLite's limit (1,000,000,000 bytes) is above the codec's 64 MiB, which the
+/// store states, and an output of that size is recorded and replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn largest_output_round_trips() {
+    with_store(|store, _| async move {
+        let max = support::largest_output_round_trips(&*store).await;
+        assert_eq!(max, idem_core::codec::MAX_ENCODED_LEN);
+    })
+    .await;
+}
+
+/// Item 8: reserved words work as table names (every statement quotes the name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserved_words_as_table_names() {
+    with_store(|store, _| async move {
+        let pool = store.pool().clone();
+        support::for_each_reserved_word(move |word| {
+            let pool = pool.clone();
+            async move {
+                let named = SqliteStore::new(pool.clone()).with_table(word).unwrap();
+                named
+                    .migrate()
+                    .await
+                    .unwrap_or_else(|e| panic!("migrate of table {word:?}: {e}"));
+                named.migrate().await.unwrap();
+                support::exercise(&named).await;
+                exec(&pool, format!("DROP TABLE \"{word}\"")).await;
+            }
+        })
+        .await;
+    })
+    .await;
+}
+
+/// Item 6: a plain claim waiting for the write lock that a transaction holding the key
+/// took, dropped by a timeout, leaves no claim once that transaction rolls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_cancelled_in_flight_leaves_no_claim() {
+    with_store(|store, _| async move {
+        let key = key("cancelled in flight");
+        let fp = fingerprint(6);
+        let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+        let claim = store
+            .claim_in(&mut tx, &key, &fp, LONG, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(matches!(claim, Claim::Claimed(_)), "{claim:?}");
+        let blocked =
+            tokio::time::timeout(Duration::from_millis(300), store.claim(&key, &fp, LONG)).await;
+        assert!(
+            blocked.is_err(),
+            "the claim should wait for the write lock: {blocked:?}"
+        );
+        tx.rollback().await.unwrap();
+        support::claimable_within_a_second(&*store, &key, "after the rollback").await;
+    })
+    .await;
+}
+
+/// Item 9: two deferred transactions (`pool.begin()`) that claim the same key first thing:
+/// the second waits for the first (its claim writes first, so it becomes a writer at the
+/// claim), then replays what the first committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_transactions_that_claim_first_serialize() {
+    with_store(|store, _| async move {
+        let (key, fp) = (key("deferred race"), fingerprint(2));
+        let recorded = support::output(&b"\x01first"[..]);
+        let mut first = store.pool().begin().await.unwrap();
+        let Claim::Claimed(token) = store
+            .claim_in(&mut first, &key, &fp, LONG, Duration::from_secs(5))
+            .await
+            .unwrap()
+        else {
+            panic!("fresh key")
+        };
+        let second = tokio::spawn({
+            let (store, key) = (store.clone(), key.clone());
+            async move {
+                let mut tx = store.pool().begin().await.unwrap();
+                let claim = store
+                    .claim_in(&mut tx, &key, &fp, LONG, Duration::from_secs(5))
+                    .await;
+                tx.rollback().await.unwrap();
+                claim
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !second.is_finished(),
+            "the second claim should wait for the first"
+        );
+        store
+            .complete_in(&mut first, &key, token, recorded.clone(), LONG)
+            .await
+            .unwrap();
+        first.commit().await.unwrap();
+        match second.await.unwrap() {
+            Ok(Claim::Completed(record)) => assert_eq!(record.output, recorded),
+            other => panic!("the second deferred transaction: {other:?}"),
+        }
+    })
+    .await;
+}
+
+/// Item 9: a deferred transaction whose first statement is the claim waits for the write
+/// lock like `BEGIN IMMEDIATE` does, and when the pool's busy timeout runs out that is a
+/// wait timeout (`Error::WaitTimeout`), not the `BEGIN IMMEDIATE` advice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_transaction_that_claims_first_waits_the_busy_timeout() {
+    with_store(|store, db| async move {
+        let busy_timeout = Duration::from_millis(300);
+        let short = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(db.options().busy_timeout(busy_timeout))
+            .await
+            .unwrap();
+        let impatient = SqliteStore::new(short.clone());
+        let holder = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+        let mut tx = short.begin().await.unwrap();
+        let started = std::time::Instant::now();
+        let claim = impatient
+            .claim_in(
+                &mut tx,
+                &key("deferred waits"),
+                &fingerprint(5),
+                LONG,
+                busy_timeout,
+            )
+            .await;
+        assert!(
+            matches!(claim, Err(StoreError::Timeout { op: "claim", .. })),
+            "{claim:?}"
+        );
+        assert!(started.elapsed() >= busy_timeout, "{:?}", started.elapsed());
+        tx.rollback().await.unwrap();
+        holder.rollback().await.unwrap();
+        short.close().await;
+    })
+    .await;
+}
+
+/// Item 9: a deferred transaction that read before its claim cannot become a writer while
+/// another holds the lock: the error says so and names `BEGIN IMMEDIATE` — not a wait
+/// timeout. With `BEGIN IMMEDIATE` the same race waits at `BEGIN` and replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_transaction_that_read_first_is_told_to_begin_immediate() {
+    with_store(|store, _| async move {
+        let (key, fp) = (key("deferred read first"), fingerprint(3));
+        let mut first = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+        let Claim::Claimed(token) = store
+            .claim_in(&mut first, &key, &fp, LONG, Duration::from_secs(5))
+            .await
+            .unwrap()
+        else {
+            panic!("fresh key")
+        };
+        let mut deferred = store.pool().begin().await.unwrap();
+        let count: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM {}",
+            store.table()
+        )))
+        .fetch_one(&mut *deferred)
+        .await
+        .unwrap();
+        assert_eq!(count, 0, "the first claim is not committed");
+        let claim = store
+            .claim_in(&mut deferred, &key, &fp, LONG, Duration::from_secs(5))
+            .await;
+        match &claim {
+            Err(StoreError::Backend {
+                op: "claim",
+                source,
+            }) if source.to_string().contains("BEGIN IMMEDIATE") => {}
+            other => panic!("a deferred transaction that read first: {other:?}"),
+        }
+        deferred.rollback().await.unwrap();
+
+        // The immediate case: waits at BEGIN, then replays the first call's record.
+        let recorded = support::output(&b"\x01v"[..]);
+        let second = tokio::spawn({
+            let (store, key) = (store.clone(), key.clone());
+            async move {
+                let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+                let claim = store
+                    .claim_in(&mut tx, &key, &fp, LONG, Duration::from_secs(5))
+                    .await;
+                tx.rollback().await.unwrap();
+                claim
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !second.is_finished(),
+            "the second BEGIN IMMEDIATE should wait"
+        );
+        store
+            .complete_in(&mut first, &key, token, recorded.clone(), LONG)
+            .await
+            .unwrap();
+        first.commit().await.unwrap();
+        match second.await.unwrap() {
+            Ok(Claim::Completed(record)) => assert_eq!(record.output, recorded),
+            other => panic!("BEGIN IMMEDIATE after the first committed: {other:?}"),
+        }
+    })
+    .await;
+}
+
+/// Item 10: an `expires_at` that is not a number, a future one that is not an integer, or
+/// one further ahead than any lease or TTL (`i64::MAX`) is a corrupt record naming the
+/// column; a past one of any numeric type (`i64::MIN`, `1.5`) counts as expired, as the
+/// claim's upsert and the purge see it — in either claim order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_expires_at_values() {
+    with_store(|store, _| async move {
+        let cases = [
+            ("'soon'", false),
+            ("x'00'", false),
+            ("1.5", true),
+            ("1e300", false),
+            ("9223372036854775807", false),
+            ("-9223372036854775808", true),
+        ];
+        for completed in [false, true] {
+            for (value, expired) in cases {
+                let key = key(&format!("expires_at = {value}, completed: {completed}"));
+                let fp = fingerprint(4);
+                let token = claim_token(&store, &key, &fp, LONG).await;
+                if completed {
+                    store
+                        .complete(&key, token, support::output(&b"\x01v"[..]), LONG)
+                        .await
+                        .unwrap();
+                }
+                let set = format!(
+                    "UPDATE {} SET expires_at = {value} WHERE key_digest = x'{}'",
+                    store.table(),
+                    digest_hex(&key)
+                );
+                assert_eq!(exec(store.pool(), set).await, 1);
+                let claim = store.claim(&key, &fp, LONG).await;
+                match (expired, &claim) {
+                    (true, Ok(Claim::Claimed(_))) => {}
+                    (
+                        false,
+                        Err(StoreError::Backend {
+                            op: "claim",
+                            source,
+                        }),
+                    ) if source.to_string().contains("corrupt record: expires_at") => {}
+                    _ => panic!("expires_at = {value} (completed: {completed}): {claim:?}"),
+                }
+            }
+        }
+    })
+    .await;
+}

@@ -77,3 +77,308 @@ macro_rules! conformance {
     };
 }
 pub(crate) use conformance;
+
+// ---------------------------------------------------------------------------------------
+// Checks every SQL store runs the same way (the store-specific setup is in each file).
+
+use idem_core::{Claim, Fingerprint, Key, Outcome, Output, Store, StoreError, Token};
+use std::time::Duration;
+
+pub const LONG_LEASE: Duration = Duration::from_secs(600);
+
+/// Table names that are reserved words in PostgreSQL, SQLite or MySQL/MariaDB (most in all
+/// three), in several cases: each must work as a table name (statements quote it).
+pub const RESERVED_WORDS: &[&str] = &[
+    "select",
+    "from",
+    "where",
+    "order",
+    "group",
+    "by",
+    "having",
+    "limit",
+    "offset",
+    "table",
+    "index",
+    "key",
+    "keys",
+    "primary",
+    "check",
+    "constraint",
+    "references",
+    "foreign",
+    "unique",
+    "default",
+    "user",
+    "current_user",
+    "all",
+    "and",
+    "or",
+    "not",
+    "null",
+    "true",
+    "in",
+    "is",
+    "like",
+    "between",
+    "case",
+    "when",
+    "then",
+    "else",
+    "end",
+    "as",
+    "on",
+    "join",
+    "left",
+    "cross",
+    "natural",
+    "using",
+    "union",
+    "except",
+    "distinct",
+    "insert",
+    "update",
+    "delete",
+    "create",
+    "drop",
+    "alter",
+    "into",
+    "values",
+    "set",
+    "grant",
+    "to",
+    "with",
+    "desc",
+    "do",
+    "for",
+    "both",
+    "analyse",
+    "window",
+    "returning",
+    "column",
+    "collate",
+    "fetch",
+    "lateral",
+    "interval",
+    "int",
+    "varchar",
+    "release",
+    "read",
+    "lock",
+    "match",
+    "range",
+    "rows",
+    "schema",
+    "database",
+    "describe",
+    "explain",
+    "show",
+    "if",
+    "exists",
+    "replace",
+    "rename",
+    "option",
+    "condition",
+    "cursor",
+    "div",
+    "mod",
+    "usage",
+    "trigger",
+    "procedure",
+    "function",
+    "return",
+    "begin",
+    "commit",
+    "rollback",
+    "transaction",
+    "rowid",
+];
+
+/// Reserved words in other cases: the same table as the lower-case word on PostgreSQL
+/// (which folds) and SQLite (case-insensitive), so run after those, not beside them.
+pub const RESERVED_WORDS_CASED: &[&str] = &["SELECT", "Order", "GROUP", "Key"];
+
+/// Runs `check` for every reserved word: the lower-case ones on 8 tasks at once (DDL is
+/// slow on MariaDB), then the others one by one.
+pub async fn for_each_reserved_word<F, Fut>(check: F)
+where
+    F: Fn(&'static str) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in RESERVED_WORDS.chunks(RESERVED_WORDS.len().div_ceil(8)) {
+        let check = check.clone();
+        tasks.spawn(async move {
+            for word in chunk {
+                check(word).await;
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    for word in RESERVED_WORDS_CASED {
+        check(word).await;
+    }
+}
+
+pub fn output(bytes: impl Into<bytes::Bytes>) -> Output {
+    Output {
+        outcome: Outcome::Ok,
+        bytes: bytes.into(),
+    }
+}
+
+pub async fn claimed<S: Store + ?Sized>(
+    store: &S,
+    key: &Key,
+    fp: &Fingerprint,
+    lease: Duration,
+) -> Token {
+    match store.claim(key, fp, lease).await {
+        Ok(Claim::Claimed(token)) => token,
+        other => panic!("expected Claimed, got {other:?}"),
+    }
+}
+
+pub async fn replayed<S: Store + ?Sized>(store: &S, key: &Key, fp: &Fingerprint) -> Output {
+    match store.claim(key, fp, LONG_LEASE).await {
+        Ok(Claim::Completed(record)) => {
+            assert_eq!(record.fingerprint, *fp);
+            record.output
+        }
+        other => panic!("expected Completed, got {other:?}"),
+    }
+}
+
+/// Claim, renew, complete, replay, release and purge on `store` (a table with an unusual
+/// name): every statement the store sends.
+pub async fn exercise<S: Store + ?Sized>(store: &S) {
+    let fp = Fingerprint::from_bytes([7; 32]);
+    let done = Key::new("exercise", "done").unwrap();
+    let token = claimed(store, &done, &fp, LONG_LEASE).await;
+    store.renew(&done, token, LONG_LEASE).await.unwrap();
+    store
+        .complete(&done, token, output(&b"\x01out"[..]), LONG_LEASE)
+        .await
+        .unwrap();
+    assert_eq!(replayed(store, &done, &fp).await, output(&b"\x01out"[..]));
+    let released = Key::new("exercise", "released").unwrap();
+    let token = claimed(store, &released, &fp, LONG_LEASE).await;
+    store.release(&released, token).await.unwrap();
+    claimed(store, &released, &fp, LONG_LEASE).await;
+    let gone = Key::new("exercise", "gone").unwrap();
+    claimed(store, &gone, &fp, Duration::from_millis(1)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(store.purge_expired().await.unwrap(), 1);
+    // The expired claim was taken over or purged: a new claim either way.
+    claimed(store, &gone, &fp, LONG_LEASE).await;
+}
+
+/// `complete` is idempotent for its owner: again with the token that completed the record
+/// (a retry after a lost reply) it is `Ok` and the record stays as first written; another
+/// token, and `release`/`renew` after completion, are refused.
+pub async fn complete_is_idempotent_for_its_owner<S: Store + ?Sized>(store: &S) {
+    let fp = Fingerprint::from_bytes([3; 32]);
+    let key = Key::new("complete_twice", "k").unwrap();
+    let first = output(&b"\x01first"[..]);
+    let token = claimed(store, &key, &fp, LONG_LEASE).await;
+    store
+        .complete(&key, token, first.clone(), LONG_LEASE)
+        .await
+        .unwrap();
+    store
+        .complete(&key, token, first.clone(), LONG_LEASE)
+        .await
+        .expect("completing again with the owner's token is Ok");
+    store
+        .complete(
+            &key,
+            token,
+            output(&b"\x01second"[..]),
+            Duration::from_millis(1),
+        )
+        .await
+        .expect("completing again with the owner's token is Ok, whatever it carries");
+    assert_eq!(replayed(store, &key, &fp).await, first, "as first written");
+    let other = Token::new(token.get() ^ 1);
+    for (what, result) in [
+        (
+            "complete, another token",
+            store.complete(&key, other, first.clone(), LONG_LEASE).await,
+        ),
+        ("release after completion", store.release(&key, token).await),
+        (
+            "renew after completion",
+            store.renew(&key, token, LONG_LEASE).await,
+        ),
+    ] {
+        assert!(
+            matches!(result, Err(StoreError::LeaseLost)),
+            "{what}: {result:?}"
+        );
+    }
+    assert_eq!(
+        replayed(store, &key, &fp).await,
+        first,
+        "still as first written"
+    );
+
+    // Once the record expired and another call took the key over, the first owner's retry
+    // is refused: the record is no longer the one it completed.
+    let key = Key::new("complete_twice", "taken over").unwrap();
+    let old = claimed(store, &key, &fp, LONG_LEASE).await;
+    store
+        .complete(&key, old, first.clone(), Duration::from_millis(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let new = claimed(store, &key, &fp, LONG_LEASE).await;
+    let retried = store.complete(&key, old, first.clone(), LONG_LEASE).await;
+    assert!(matches!(retried, Err(StoreError::LeaseLost)), "{retried:?}");
+    store
+        .complete(&key, new, first.clone(), LONG_LEASE)
+        .await
+        .unwrap();
+}
+
+/// An output of exactly `max_output_len()` bytes (as the store states it after a claim)
+/// is recorded and replayed byte for byte; returns that length.
+pub async fn largest_output_round_trips<S: Store + ?Sized>(store: &S) -> usize {
+    let fp = Fingerprint::from_bytes([5; 32]);
+    let key = Key::new("largest_output", "k").unwrap();
+    let token = claimed(store, &key, &fp, LONG_LEASE).await;
+    let max = store.max_output_len();
+    let bytes: Vec<u8> = (0..max).map(|i| (i % 251) as u8).collect();
+    let started = std::time::Instant::now();
+    store
+        .complete(&key, token, output(bytes.clone()), LONG_LEASE)
+        .await
+        .unwrap_or_else(|e| panic!("complete of {max} bytes (max_output_len): {e}"));
+    let replayed = replayed(store, &key, &fp).await;
+    assert!(replayed.bytes == bytes, "the {max} bytes came back changed");
+    let _ = writeln!(
+        std::io::stderr(),
+        "note: {max} bytes recorded and replayed in {:?}",
+        started.elapsed()
+    );
+    max
+}
+
+/// The key is claimable again within 1 s: `claim` returns `Claimed` (polling every 20 ms).
+pub async fn claimable_within_a_second<S: Store + ?Sized>(store: &S, key: &Key, what: &str) {
+    let fp = Fingerprint::from_bytes([9; 32]);
+    let started = std::time::Instant::now();
+    loop {
+        match store.claim(key, &fp, LONG_LEASE).await {
+            Ok(Claim::Claimed(_)) => return,
+            Ok(Claim::InProgress(busy)) if started.elapsed() > Duration::from_secs(1) => panic!(
+                "{what}: the key is still in progress 1 s later (an orphan claim, lease \
+                 remaining {:?})",
+                busy.lease_remaining
+            ),
+            Ok(Claim::InProgress(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+}
