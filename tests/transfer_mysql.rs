@@ -270,7 +270,7 @@ async fn a_deadlock_is_returned_before_the_body_and_the_transaction_runs_again()
     let pool = &bank.pool;
     let waiting = sqlx::SqlSafeStr::into_sql_str(AssertSqlSafe(format!(
         "SELECT COUNT(*) FROM information_schema.INNODB_TRX \
-         WHERE trx_state = 'LOCK WAIT' AND trx_query LIKE 'INSERT IGNORE INTO {table} %'"
+         WHERE trx_state = 'LOCK WAIT' AND trx_query LIKE 'INSERT IGNORE INTO `{table}` %'"
     )));
     let rounds = 5;
     for round in 0..rounds {

@@ -179,30 +179,36 @@ async fn a_process_killed_before_commit_leaves_no_record_and_no_effect() {
     bank::kill_before_commit::<SqliteBank>(&db.url).await;
 }
 
-/// SQLite only: a deferred transaction (`pool.begin()`) is not serialized by SQLite, so its
-/// claim can lose the race for the write lock. It fails before any effect: a wait timeout
-/// while another transaction holds the lock, a store error naming `BEGIN IMMEDIATE` when
-/// another one committed since its snapshot.
+/// SQLite only: a deferred transaction (`pool.begin()`) whose first statement is the claim
+/// becomes a writer there, so it waits for the write lock like `BEGIN IMMEDIATE` (up to the
+/// pool's busy timeout, then `WaitTimeout`). One that read before its claim can lose the
+/// race for the lock: it fails before any effect, with a store error naming
+/// `BEGIN IMMEDIATE`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deferred_transaction_that_loses_the_write_lock_fails_before_any_effect() {
     let db = DbFile::new();
     let bank = SqliteBank::open(&db.url, &unique("idem_tx")).await;
     let pool = &bank.pool;
 
-    // Another transaction holds the write lock: SQLite does not wait for it here (this
-    // transaction already read), so the claim fails at once.
+    // Another transaction holds the write lock for 300 ms: the claim waits for it.
     let holder = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        holder.rollback().await.unwrap();
+    });
+    let started = std::time::Instant::now();
     let mut tx = pool.begin().await.unwrap();
-    let err = bank
+    let r = bank
         .transfer(&mut tx, transfer_cmd("t-3"), "deferred".into())
         .await
-        .unwrap_err();
+        .unwrap();
+    assert_eq!(r.by, "deferred");
     assert!(
-        matches!(err, BankError::Idem(idem::Error::WaitTimeout)),
-        "{err:?}"
+        started.elapsed() >= Duration::from_millis(250),
+        "the claim should have waited for the lock"
     );
     tx.rollback().await.unwrap();
-    holder.rollback().await.unwrap();
+    release.await.unwrap();
 
     // Another transaction committed after this one's first read: it can never write.
     let mut tx = pool.begin().await.unwrap();
