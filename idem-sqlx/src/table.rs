@@ -35,7 +35,7 @@ impl Dialect {
 /// A table name that is safe to splice into SQL: an ASCII identifier, 1–48 characters
 /// (so that `<table>_expires_at` stays within PostgreSQL's 63), not starting with a digit.
 /// Statements quote it, so reserved words (`order`, `select`, `key`, …) work as names.
-// `Arc<str>`: stores are cloned onto a task for every plain-mode claim (see `cancel.rs`).
+// `Arc<str>`: cheap to clone with the store (onto a task, after a cancelled claim).
 #[derive(Clone, Debug)]
 pub(crate) struct Table(Arc<str>);
 
