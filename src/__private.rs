@@ -4,7 +4,7 @@ pub use core::concat;
 pub use core::module_path;
 pub use core::result::Result;
 pub use core::time::Duration;
-pub use idem_core::codec::Bincode;
+pub use idem_core::codec::{Bincode, ShapeCell};
 pub use idem_core::{
     CacheErrors, CacheIf, Codec, DefaultStore, Error, FingerprintBuilder, Key, OnConflict, Options,
     Release, Store, TxStart, ValueCodec, execute, tx_finish, tx_start,
@@ -86,10 +86,11 @@ pub trait Hashed: serde::Serialize {}
 #[diagnostic::do_not_recommend]
 impl<T: serde::Serialize + ?Sized> Hashed for T {}
 
-/// `T: Serialize + DeserializeOwned`, checked where the user wrote `T`.
+/// `T: Serialize + DeserializeOwned`, checked where the user wrote `T`; its shape cached in
+/// the function's own `static`.
 #[inline]
-pub fn output<C: Codec, T: Recordable + Replayable>() -> ValueCodec<T> {
-    ValueCodec::new::<C>()
+pub fn output<C: Codec, T: Recordable + Replayable>(shape: &ShapeCell) -> ValueCodec<T> {
+    ValueCodec::cached::<C>(shape)
 }
 
 /// `E: From<idem::Error>`, checked where the user wrote `E`.
@@ -100,16 +101,19 @@ pub fn error_from<E: FromIdemError>() -> fn(Error) -> E {
 
 /// `errors = cache`: `E: Serialize + DeserializeOwned`, checked where the user wrote `E`.
 #[inline]
-pub fn cache_errors<C: Codec, E: Recordable + Replayable>() -> CacheErrors<E> {
-    CacheErrors(ValueCodec::new::<C>())
+pub fn cache_errors<C: Codec, E: Recordable + Replayable>(shape: &ShapeCell) -> CacheErrors<E> {
+    CacheErrors(ValueCodec::cached::<C>(shape))
 }
 
 /// `errors = cache_if(pred)`.
 #[inline]
-pub fn cache_if<C: Codec, E: Recordable + Replayable>(is_permanent: fn(&E) -> bool) -> CacheIf<E> {
+pub fn cache_if<C: Codec, E: Recordable + Replayable>(
+    shape: &ShapeCell,
+    is_permanent: fn(&E) -> bool,
+) -> CacheIf<E> {
     CacheIf {
         is_permanent,
-        codec: ValueCodec::new::<C>(),
+        codec: ValueCodec::cached::<C>(shape),
     }
 }
 

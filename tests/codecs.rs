@@ -59,3 +59,66 @@ async fn postcard_replays() {
     assert_eq!(as_postcard(&store, &calls, "k").await.unwrap(), first);
     assert_eq!(first, (1, "postcard".into()));
 }
+
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Ledger {
+    debit: u64,
+    credit: u64,
+    memo: String,
+}
+
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+enum Event {
+    Opened,
+    Paid(u64),
+    Moved { from: u32, to: u32 },
+}
+
+/// The bits of `value`'s record that, flipped, still decode (each into some other value).
+fn undetected_flips<C, T>(value: &T) -> Vec<String>
+where
+    C: idem::codec::Codec,
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let bytes = idem::codec::encode::<C, T>(value).unwrap();
+    assert_eq!(idem::codec::decode::<C, T>(&bytes).unwrap(), *value);
+    let mut undetected = Vec::new();
+    for bit in 0..bytes.len() * 8 {
+        let mut flipped = bytes.to_vec();
+        flipped[bit / 8] ^= 1 << (bit % 8);
+        if let Ok(other) = idem::codec::decode::<C, T>(&flipped) {
+            undetected.push(format!(
+                "{} bit {bit}: {value:?} read as {other:?}",
+                C::NAME
+            ));
+        }
+    }
+    undetected
+}
+
+fn undetected_flips_of_samples<C: idem::codec::Codec>() -> Vec<String> {
+    let mut undetected = undetected_flips::<C, _>(&"note-1000-1".to_string());
+    undetected.extend(undetected_flips::<C, _>(&1_002_001u64));
+    undetected.extend(undetected_flips::<C, _>(&-5i64));
+    undetected.extend(undetected_flips::<C, _>(&Ledger {
+        debit: 100,
+        credit: 7,
+        memo: "rent".into(),
+    }));
+    undetected.extend(undetected_flips::<C, _>(&Event::Moved { from: 1, to: 2 }));
+    undetected.extend(undetected_flips::<C, _>(&vec![1u32, 300, 70_000]));
+    undetected
+}
+
+#[test]
+fn every_flipped_bit_of_every_sample_is_an_error_in_every_codec() {
+    let mut undetected = undetected_flips_of_samples::<idem::codec::Bincode>();
+    undetected.extend(undetected_flips_of_samples::<idem::codec::Postcard>());
+    undetected.extend(undetected_flips_of_samples::<idem::codec::Json>());
+    assert!(
+        undetected.is_empty(),
+        "{} flipped bits decoded, e.g.:\n{}",
+        undetected.len(),
+        undetected[..undetected.len().min(10)].join("\n")
+    );
+}

@@ -17,6 +17,7 @@ mod memory;
 mod observe;
 mod policy;
 mod purge;
+pub mod shape;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -293,16 +293,24 @@ fn expand(
         Some(path) => path.to_token_stream(),
         None => quote!(#private::Bincode),
     };
-    let output = quote_spanned!(ok_ty.span()=> #private::output::<#codec, #ok_ty>());
+    // Each recorded type's shape is traced once, then read from a `static` of the function
+    // (a generic function's other instances fall back to the global cache).
+    let output_shape =
+        quote!(static __IDEM_OUTPUT_SHAPE: #private::ShapeCell = #private::ShapeCell::new(););
+    let output =
+        quote_spanned!(ok_ty.span()=> #private::output::<#codec, #ok_ty>(&__IDEM_OUTPUT_SHAPE));
     let into_error = quote_spanned!(err_ty.span()=> #private::error_from::<#err_ty>());
+    let error_shape = (!matches!(options.errors, Errors::Release)).then(
+        || quote!(static __IDEM_ERROR_SHAPE: #private::ShapeCell = #private::ShapeCell::new();),
+    );
     let policy = match &options.errors {
         Errors::Release => quote!(#private::Release),
         Errors::Cache => {
-            quote_spanned!(err_ty.span()=> #private::cache_errors::<#codec, #err_ty>())
+            quote_spanned!(err_ty.span()=> #private::cache_errors::<#codec, #err_ty>(&__IDEM_ERROR_SHAPE))
         }
         Errors::CacheIf(predicate) => {
             let call = quote_spanned!(err_ty.span()=> #private::cache_if::<#codec, #err_ty>);
-            quote!(#call(#predicate))
+            quote!(#call(&__IDEM_ERROR_SHAPE, #predicate))
         }
     };
     // With an alias, the call below (located at the return type) reports a non-`Result`.
@@ -315,6 +323,8 @@ fn expand(
             #(#settings,)*
             ..#private::Options::new(#namespace)
         };
+        #output_shape
+        #error_shape
         let #key_ident = #key_value;
         let #fp_ident = {
             let mut #hasher = #private::FingerprintBuilder::new();
