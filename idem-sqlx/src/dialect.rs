@@ -1,10 +1,11 @@
 //! What differs between SQL databases, for the one generic [`SqlStore`].
 
-use idem_core::{Claim, Error, Fingerprint, Key, StoreError};
+use idem_core::{Claim, Error, StoreError};
 use sqlx::{Database, Encode, SqlStr, Transaction, Type};
 use std::future::Future;
 use std::time::Duration;
 
+use crate::claim::NewClaim;
 use crate::found::Found;
 use crate::store::SqlStore;
 use crate::table::{Quoting, Table};
@@ -15,9 +16,10 @@ pub(crate) type Conn<D> = <<D as Dialect>::Database as Database>::Connection;
 /// One SQL database's side of [`SqlStore`]: its statements, how it binds a duration and
 /// decodes a row, and what it does its own way (the claim, the transactional claim,
 /// `migrate`). Everything else — the fenced `renew`/`complete`/`release`, the purge, the
-/// cancel-safe claim, the learned claim order — is written once, in `store.rs`.
+/// cancel-safe claim, the learned claim order — is written once, in `store.rs`
+/// ([`Common`](crate::store::Common)).
 ///
-/// Sealed: implemented by [`Postgres`](crate::Postgres), [`Sqlite`](crate::Sqlite) and
+/// Not public (sealed): implemented by [`Postgres`](crate::Postgres), [`Sqlite`](crate::Sqlite) and
 /// [`MySql`](crate::MySql). A value of it is the store's per-database state (MySQL: the
 /// `max_allowed_packet` it learned), shared by the store's clones.
 pub trait Dialect: Clone + Default + Send + Sync + 'static {
@@ -52,16 +54,13 @@ pub trait Dialect: Clone + Default + Send + Sync + 'static {
     /// How many rows a statement matched.
     fn rows_affected(done: &<Self::Database as Database>::QueryResult) -> u64;
 
-    /// A plain-mode claim of `key` with `token` on `conn` (guarded by the store against
-    /// cancellation), reading first if `read_first`, else inserting first.
-    #[allow(clippy::too_many_arguments)]
+    /// A claim on `conn`: reading first if `read_first`, else inserting first. In plain
+    /// mode `conn` is a pooled connection, which the store guards against cancellation;
+    /// a dialect's [`claim_in`](Dialect::claim_in) may run it on its transaction.
     fn claim(
         store: &SqlStore<Self>,
         conn: &mut Conn<Self>,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-        token: i64,
+        claim: NewClaim<'_>,
         read_first: bool,
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
 
@@ -70,9 +69,7 @@ pub trait Dialect: Clone + Default + Send + Sync + 'static {
     fn claim_in(
         store: &SqlStore<Self>,
         tx: &mut Transaction<'_, Self::Database>,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
+        claim: NewClaim<'_>,
         wait: Duration,
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
 

@@ -1,9 +1,9 @@
 //! SQL stores for [idem](https://docs.rs/idem): SQLite, PostgreSQL and MySQL/MariaDB
 //! through sqlx, chosen by the features `sqlite`, `postgres` and `mysql`.
 //!
-//! One store, [`SqlStore`], written once for every database; a [`Dialect`](SqlStore) supplies
-//! what differs. Use it by its aliases [`SqliteStore`], [`PgStore`] and [`MySqlStore`]. Each
-//! is built from your pool, keeps its records in one table (`idem_records`, or
+//! One store, [`SqlStore`], written once for every database, with a dialect for what
+//! differs; use it by its aliases `SqliteStore`, `PgStore` and `MySqlStore`. Each is built
+//! from your pool, keeps its records in one table (`idem_records`, or
 //! `with_table(name)`), creates it with `migrate()`, takes every time from the database's
 //! clock, and passes idem's store conformance suite.
 

@@ -1,6 +1,6 @@
 //! MySQL and MariaDB: [`MySqlStore`], and what its dialect does its own way.
 
-use idem_core::{Claim, Error, Fingerprint, Key, StoreError, Token};
+use idem_core::{Claim, Error, StoreError};
 use sqlx::mysql::{MySqlConnection, MySqlDatabaseError, MySqlQueryResult, MySqlRow};
 use sqlx::pool::PoolConnection;
 use sqlx::{Row, SqlStr, Transaction};
@@ -8,14 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::claim::{CLAIM_ATTEMPTS, kept_changing};
+use crate::claim::{CLAIM_ATTEMPTS, NewClaim, kept_changing};
 use crate::dialect::{Dialect, Placeholders, Templates};
 use crate::duration::micros;
 use crate::error::{backend, corrupt};
 use crate::found::{self, Found};
-use crate::store::SqlStore;
+use crate::store::{Common, SqlStore};
 use crate::table::{Quoting, Table};
-use crate::token;
 
 /// Idempotency records in MySQL or MariaDB (InnoDB): exactly-once across every process
 /// sharing the database.
@@ -53,7 +52,7 @@ use crate::token;
 /// A statement, with its parameters, and a result row must fit in the server's
 /// `max_allowed_packet` (16 MiB on MariaDB by default, 64 MiB on MySQL 8). The store reads it
 /// once, on its first claim or [`migrate`](SqlStore::migrate), and
-/// [`max_output_len`](Store::max_output_len) is that minus 1 KiB for the statement and the
+/// [`max_output_len`](idem_core::Store::max_output_len) is that minus 1 KiB for the statement and the
 /// other columns (at most 64 MiB, the codec's limit); until it has been read, 1 MiB. Raise
 /// `max_allowed_packet` for larger outputs, and restart the application.
 ///
@@ -209,23 +208,17 @@ impl Dialect for MySql {
     async fn claim(
         store: &MySqlStore,
         conn: &mut MySqlConnection,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-        token: i64,
+        claim: NewClaim<'_>,
         read_first: bool,
     ) -> Result<Claim, StoreError> {
         store.dialect.learn_max_packet(conn).await;
-        let mode = Mode::Plain { read_first };
-        claim_on(store, conn, key, fingerprint, lease, token, mode).await
+        claim_on(store, conn, claim, Mode::Plain { read_first }).await
     }
 
     async fn claim_in(
         store: &MySqlStore,
         tx: &mut Transaction<'_, sqlx::MySql>,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
+        claim: NewClaim<'_>,
         wait: Duration,
     ) -> Result<Claim, StoreError> {
         // `wait` is the lock wait timeout of this claim only. The session's own value is
@@ -238,24 +231,16 @@ impl Dialect for MySql {
             .execute(&mut **tx)
             .await
             .map_err(backend("claim"))?;
-        let claim = claim_on(
-            store,
-            tx,
-            key,
-            fingerprint,
-            lease,
-            token::fresh(),
-            Mode::InTx,
-        )
-        .await
-        .map_err(|e| lock_timeout(e, wait));
+        let claimed = claim_on(store, tx, claim, Mode::InTx)
+            .await
+            .map_err(|e| lock_timeout(e, wait));
         let restored = sqlx::query(RESTORE_LOCK_WAIT)
             .execute(&mut **tx)
             .await
             .map_err(backend("claim"));
-        let claim = claim?;
+        let claimed = claimed?;
         restored?;
-        Ok(claim)
+        Ok(claimed)
     }
 
     async fn migrate(store: &MySqlStore) -> Result<(), Error> {
@@ -284,7 +269,7 @@ impl Dialect for MySql {
                 ),
             )));
         }
-        let created = store.create_schema(conn).await;
+        let created = Self::create_schema(store, conn).await;
         let released: Result<Option<i64>, _> = sqlx::query_scalar("SELECT RELEASE_LOCK(?)")
             .bind(&lock_name)
             .fetch_one(&mut **conn)
@@ -423,15 +408,13 @@ fn lock_wait_secs(wait: Duration) -> u64 {
 async fn claim_on(
     store: &MySqlStore,
     conn: &mut MySqlConnection,
-    key: &Key,
-    fingerprint: &Fingerprint,
-    lease: Duration,
-    token: i64,
+    claim: NewClaim<'_>,
     mode: Mode,
 ) -> Result<Claim, StoreError> {
-    let digest = &key.digest().as_bytes()[..];
-    let namespace = truncate_chars(key.namespace(), NAMESPACE_CHARS);
-    let lease = micros(lease);
+    let digest = claim.digest();
+    let namespace = truncate_chars(claim.key.namespace(), NAMESPACE_CHARS);
+    let (preview, fingerprint) = (claim.key.preview(), &claim.fingerprint.as_bytes()[..]);
+    let lease = micros(claim.lease);
     let retry = |e: &sqlx::Error| mode != Mode::InTx && is_deadlock(e);
     // In a transaction always, else as the store's `ClaimOrder` says.
     let mut insert_first = match mode {
@@ -445,16 +428,16 @@ async fn claim_on(
             let inserted = sqlx::query(store.sql.own.insert.clone())
                 .bind(digest)
                 .bind(namespace)
-                .bind(key.preview())
-                .bind(&fingerprint.as_bytes()[..])
-                .bind(token)
+                .bind(preview)
+                .bind(fingerprint)
+                .bind(claim.token)
                 .bind(lease)
                 .bind(lease)
                 .execute(&mut *conn)
                 .await;
             match inserted {
                 Ok(done) if done.rows_affected() == 1 => {
-                    return Ok(Claim::Claimed(Token::new(token as u64)));
+                    return Ok(claim.claimed());
                 }
                 Ok(_) => {}
                 Err(e) if retry(&e) => {
@@ -468,7 +451,7 @@ async fn claim_on(
             Mode::Plain { .. } => &store.sql.read,
             Mode::InTx => &store.sql.own.read_locked,
         };
-        let Some(found) = store.read(conn, read, digest).await? else {
+        let Some(found) = MySql::read(conn, read, digest).await? else {
             insert_first = true;
             continue;
         };
@@ -480,9 +463,9 @@ async fn claim_on(
         insert_first = mode == Mode::InTx;
         let taken = sqlx::query(store.sql.own.take_over.clone())
             .bind(namespace)
-            .bind(key.preview())
-            .bind(&fingerprint.as_bytes()[..])
-            .bind(token)
+            .bind(preview)
+            .bind(fingerprint)
+            .bind(claim.token)
             .bind(lease)
             .bind(lease)
             .bind(digest)
@@ -490,7 +473,7 @@ async fn claim_on(
             .await;
         match taken {
             Ok(done) if done.rows_affected() == 1 => {
-                return Ok(Claim::Claimed(Token::new(token as u64)));
+                return Ok(claim.claimed());
             }
             // Lost a race (or, in plain mode, a deadlock with a concurrent purge).
             Ok(_) => continue,

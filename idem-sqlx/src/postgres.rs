@@ -1,20 +1,19 @@
 //! PostgreSQL: [`PgStore`], and what its dialect does its own way.
 
-use idem_core::{Claim, Error, Fingerprint, Key, StoreError, Token};
+use idem_core::{Claim, Error, StoreError};
 use sqlx::postgres::types::PgInterval;
 use sqlx::postgres::{PgConnection, PgQueryResult, PgRow};
 use sqlx::{Row, SqlStr, Transaction};
 use std::borrow::Cow;
 use std::time::Duration;
 
-use crate::claim::{CLAIM_ATTEMPTS, kept_changing};
+use crate::claim::{CLAIM_ATTEMPTS, NewClaim, kept_changing};
 use crate::dialect::{Dialect, Placeholders, Templates};
 use crate::duration::micros;
 use crate::error::backend;
 use crate::found::{self, Found};
-use crate::store::SqlStore;
+use crate::store::{Common, SqlStore};
 use crate::table::{Quoting, Table};
-use crate::token;
 
 /// Idempotency records in PostgreSQL: exactly-once across every process sharing the
 /// database.
@@ -145,31 +144,71 @@ impl Dialect for Postgres {
         done.rows_affected()
     }
 
+    /// The claim on one connection: the pool's for plain mode, the transaction's in
+    /// transactional mode (where the insert blocks on a concurrent uncommitted claim).
+    /// Inserting first skips the read a replay needs, for a key that is likely new.
     async fn claim(
         store: &PgStore,
         conn: &mut PgConnection,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-        token: i64,
+        claim: NewClaim<'_>,
         read_first: bool,
     ) -> Result<Claim, StoreError> {
-        claim_on(store, conn, key, fingerprint, lease, token, !read_first).await
+        let digest = claim.digest();
+        let lease = Self::duration(claim.lease);
+        let key = claim.key;
+        let (namespace, preview) = (pg_text(key.namespace()), pg_text(key.preview()));
+        // The insert and the takeover write the same new claim.
+        let write_claim = |sql: &SqlStr| {
+            sqlx::query(sql.clone())
+                .bind(digest)
+                .bind(&*namespace)
+                .bind(&*preview)
+                .bind(&claim.fingerprint.as_bytes()[..])
+                .bind(claim.token)
+                .bind(lease)
+        };
+        let mut insert_first = !read_first;
+        for _ in 0..CLAIM_ATTEMPTS {
+            if insert_first {
+                let inserted = write_claim(&store.sql.own.insert)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(backend("claim"))?;
+                if inserted.rows_affected() == 1 {
+                    return Ok(claim.claimed());
+                }
+            }
+            // Absent (never there, or gone since the insert found it): insert it.
+            let Some(found) = Self::read(conn, &store.sql.read, digest).await? else {
+                insert_first = true;
+                continue;
+            };
+            if found.live() {
+                return found.into_claim();
+            }
+            // Expired: take it over, unless another claimer just did.
+            let taken = write_claim(&store.sql.own.take_over)
+                .execute(&mut *conn)
+                .await
+                .map_err(backend("claim"))?;
+            if taken.rows_affected() == 1 {
+                return Ok(claim.claimed());
+            }
+            // Another claimer took it over just now: read its record.
+            insert_first = false;
+        }
+        Err(kept_changing())
     }
 
     async fn claim_in(
         store: &PgStore,
         tx: &mut Transaction<'_, sqlx::Postgres>,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
+        claim: NewClaim<'_>,
         wait: Duration,
     ) -> Result<Claim, StoreError> {
         // A record committed before this transaction's snapshot: no lock to wait for.
         if store.order.read_first()
-            && let Some(found) = store
-                .read(tx, &store.sql.read, &key.digest().as_bytes()[..])
-                .await?
+            && let Some(found) = Self::read(tx, &store.sql.read, claim.digest()).await?
             && found.live()
         {
             return store.order.learn(found.into_claim());
@@ -184,17 +223,17 @@ impl Dialect for Postgres {
         .fetch_one(&mut **tx)
         .await
         .map_err(backend("claim"))?;
-        let claim = claim_on(store, tx, key, fingerprint, lease, token::fresh(), true).await;
-        let claim = store
+        let claimed = Self::claim(store, tx, claim, false).await;
+        let claimed = store
             .order
-            .learn(claim)
+            .learn(claimed)
             .map_err(|e| lock_timeout(e, wait))?;
         sqlx::query("SELECT set_config('lock_timeout', $1, true)")
             .bind(previous)
             .execute(&mut **tx)
             .await
             .map_err(backend("claim"))?;
-        Ok(claim)
+        Ok(claimed)
     }
 
     async fn migrate(store: &PgStore) -> Result<(), Error> {
@@ -205,7 +244,7 @@ impl Dialect for Postgres {
             .execute(&mut *tx)
             .await
             .map_err(fail)?;
-        store.create_schema(&mut tx).await.map_err(fail)?;
+        Self::create_schema(store, &mut tx).await.map_err(fail)?;
         tx.commit().await.map_err(fail)
     }
 }
@@ -219,63 +258,6 @@ fn pg_text(text: &str) -> Cow<'_, str> {
     } else {
         Cow::Borrowed(text)
     }
-}
-
-/// The claim on one connection: the pool's for plain mode, the transaction's in
-/// transactional mode (where the insert blocks on a concurrent uncommitted claim).
-/// `insert_first` skips the read a replay needs, for a key that is likely new.
-async fn claim_on(
-    store: &PgStore,
-    conn: &mut PgConnection,
-    key: &Key,
-    fingerprint: &Fingerprint,
-    lease: Duration,
-    token: i64,
-    mut insert_first: bool,
-) -> Result<Claim, StoreError> {
-    let digest = &key.digest().as_bytes()[..];
-    let lease = Postgres::duration(lease);
-    let (namespace, preview) = (pg_text(key.namespace()), pg_text(key.preview()));
-    // The insert and the takeover write the same new claim.
-    let write_claim = |sql: &SqlStr| {
-        sqlx::query(sql.clone())
-            .bind(digest)
-            .bind(&*namespace)
-            .bind(&*preview)
-            .bind(&fingerprint.as_bytes()[..])
-            .bind(token)
-            .bind(lease)
-    };
-    for _ in 0..CLAIM_ATTEMPTS {
-        if insert_first {
-            let inserted = write_claim(&store.sql.own.insert)
-                .execute(&mut *conn)
-                .await
-                .map_err(backend("claim"))?;
-            if inserted.rows_affected() == 1 {
-                return Ok(Claim::Claimed(Token::new(token as u64)));
-            }
-        }
-        // Absent (never there, or gone since the insert found it): insert it.
-        let Some(found) = store.read(conn, &store.sql.read, digest).await? else {
-            insert_first = true;
-            continue;
-        };
-        if found.live() {
-            return found.into_claim();
-        }
-        // Expired: take it over, unless another claimer just did.
-        let taken = write_claim(&store.sql.own.take_over)
-            .execute(&mut *conn)
-            .await
-            .map_err(backend("claim"))?;
-        if taken.rows_affected() == 1 {
-            return Ok(Claim::Claimed(Token::new(token as u64)));
-        }
-        // Another claimer took it over just now: read its record.
-        insert_first = false;
-    }
-    Err(kept_changing())
 }
 
 /// A claim that gave up waiting for a concurrent transaction (PostgreSQL's

@@ -1,18 +1,17 @@
 //! SQLite: [`SqliteStore`], and what its dialect does its own way.
 
-use idem_core::{Claim, Error, Fingerprint, Key, StoreError, Token};
+use idem_core::{Claim, Error, StoreError};
 use sqlx::sqlite::{SqliteConnection, SqliteQueryResult, SqliteRow};
 use sqlx::{Row, SqlStr, Transaction};
 use std::time::Duration;
 
-use crate::claim::{CLAIM_ATTEMPTS, kept_changing};
+use crate::claim::{CLAIM_ATTEMPTS, NewClaim, kept_changing};
 use crate::dialect::{Dialect, Placeholders, Templates};
 use crate::duration::micros;
 use crate::error::backend;
 use crate::found::{self, Found};
-use crate::store::SqlStore;
+use crate::store::{Common, SqlStore};
 use crate::table::{Quoting, Table};
-use crate::token;
 
 /// The database's clock as integer milliseconds since the Unix epoch. `julianday('now')`
 /// works on every SQLite version (unlike `unixepoch('subsec')`, 3.42+), is millisecond
@@ -34,7 +33,7 @@ const NOW: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS IN
 /// changes nothing and commits no page, but takes SQLite's one write lock like any writer,
 /// so it queues behind a long transaction or a purge for up to the `busy_timeout`) and the
 /// read. [`with_claim_order`](SqlStore::with_claim_order) fixes the order instead, e.g.
-/// [`ClaimOrder::ReadFirst`] where replays must never wait for writers.
+/// [`ClaimOrder::ReadFirst`](crate::ClaimOrder::ReadFirst) where replays must never wait for writers.
 ///
 /// SQLite has no timestamp type: deadlines are INTEGER milliseconds since the Unix epoch,
 /// always computed by SQLite's own clock (`julianday('now')`), never the application's.
@@ -63,7 +62,7 @@ const NOW: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS IN
 ///
 /// # Transactional mode
 ///
-/// `SqliteStore` is a [`TxStore`] for `Transaction<'_, Sqlite>` (`tx = ...`, or
+/// `SqliteStore` is a [`TxStore`](idem_core::TxStore) for `Transaction<'_, Sqlite>` (`tx = ...`, or
 /// [`run_in_tx`](idem_core::run_in_tx)): the claim, the body's writes and the record commit
 /// together or not at all. SQLite runs one writer at a time, so **begin the transaction
 /// with `BEGIN IMMEDIATE`**:
@@ -214,24 +213,49 @@ impl Dialect for Sqlite {
         done.rows_affected()
     }
 
+    /// The claim on one connection: a pool's for plain mode, the transaction's in
+    /// transactional mode (where the insert makes the transaction the writer, so nothing
+    /// can change between it and the read).
     async fn claim(
         store: &SqliteStore,
         conn: &mut SqliteConnection,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-        token: i64,
+        claim: NewClaim<'_>,
         read_first: bool,
     ) -> Result<Claim, StoreError> {
-        claim_on(store, conn, key, fingerprint, lease, token, read_first).await
+        let digest = claim.digest();
+        let lease = millis(claim.lease);
+        let mut read = read_first;
+        for _ in 0..CLAIM_ATTEMPTS {
+            if read
+                && let Some(found) = Self::read(conn, &store.sql.read, digest).await?
+                && found.live()
+            {
+                return found.into_claim();
+            }
+            read = true;
+            // Absent or expired: insert it, or take the expired record over.
+            let claimed = sqlx::query(store.sql.own.claim.clone())
+                .bind(digest)
+                .bind(claim.key.namespace())
+                .bind(claim.key.preview())
+                .bind(&claim.fingerprint.as_bytes()[..])
+                .bind(claim.token)
+                .bind(lease)
+                .execute(&mut *conn)
+                .await
+                .map_err(backend("claim"))?;
+            if claimed.rows_affected() == 1 {
+                return Ok(claim.claimed());
+            }
+            // Live, or made live by a concurrent claim in between: read it.
+        }
+        Err(kept_changing())
     }
 
     async fn claim_in(
         store: &SqliteStore,
         tx: &mut Transaction<'_, sqlx::Sqlite>,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
+        claim: NewClaim<'_>,
         // Not settable per statement here: SQLite waits for the pool's busy timeout.
         _wait: Duration,
     ) -> Result<Claim, StoreError> {
@@ -240,8 +264,8 @@ impl Dialect for Sqlite {
         // makes the transaction a writer before it reads, if the claim is its first
         // statement (a read first would pin a snapshot that cannot be upgraded).
         let started = std::time::Instant::now();
-        let claim = claim_on(store, tx, key, fingerprint, lease, token::fresh(), false).await;
-        match store.order.learn(claim) {
+        let claimed = Self::claim(store, tx, claim, false).await;
+        match store.order.learn(claimed) {
             Err(e) if is_busy(&e) => {
                 let waited = started.elapsed();
                 // Only on this error path: the pool's busy timeout, from the connection.
@@ -252,7 +276,7 @@ impl Dialect for Sqlite {
                 let busy_timeout = Duration::from_millis(busy_timeout.max(0) as u64);
                 Err(busy(e, waited, busy_timeout))
             }
-            claim => claim,
+            claimed => claimed,
         }
     }
 
@@ -263,7 +287,7 @@ impl Dialect for Sqlite {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(fail)?;
-        store.create_schema(&mut tx).await.map_err(fail)?;
+        Self::create_schema(store, &mut tx).await.map_err(fail)?;
         tx.commit().await.map_err(fail)
     }
 }
@@ -274,47 +298,6 @@ fn millis(d: Duration) -> i64 {
     // Whole microseconds (capped at about 100 years), plus one for a fraction of one.
     let micros = micros(d) + i64::from(!d.subsec_nanos().is_multiple_of(1000));
     (micros as u64).div_ceil(1000).max(1) as i64
-}
-
-/// The claim on one connection: a pool's for plain mode, the transaction's in
-/// transactional mode (where the insert makes the transaction the writer, so nothing can
-/// change between it and the read). It reads first if `read`.
-async fn claim_on(
-    store: &SqliteStore,
-    conn: &mut SqliteConnection,
-    key: &Key,
-    fingerprint: &Fingerprint,
-    lease: Duration,
-    token: i64,
-    mut read: bool,
-) -> Result<Claim, StoreError> {
-    let digest = &key.digest().as_bytes()[..];
-    let lease = millis(lease);
-    for _ in 0..CLAIM_ATTEMPTS {
-        if read
-            && let Some(found) = store.read(conn, &store.sql.read, digest).await?
-            && found.live()
-        {
-            return found.into_claim();
-        }
-        read = true;
-        // Absent or expired: insert it, or take the expired record over.
-        let claimed = sqlx::query(store.sql.own.claim.clone())
-            .bind(digest)
-            .bind(key.namespace())
-            .bind(key.preview())
-            .bind(&fingerprint.as_bytes()[..])
-            .bind(token)
-            .bind(lease)
-            .execute(&mut *conn)
-            .await
-            .map_err(backend("claim"))?;
-        if claimed.rows_affected() == 1 {
-            return Ok(Claim::Claimed(Token::new(token as u64)));
-        }
-        // Live, or made live by a concurrent claim in between: read it.
-    }
-    Err(kept_changing())
 }
 
 /// Whether a claim failed for want of SQLite's write lock (`SQLITE_BUSY`, 5, or an extended
@@ -368,7 +351,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "a measurement; prints timings"]
     async fn measure_cancel_safe_claim_cost() {
-        use super::{SqliteStore, claim_on};
+        use super::{Sqlite, SqliteStore};
+        use crate::claim::NewClaim;
+        use crate::dialect::Dialect;
         use crate::token;
         use idem_core::{Claim, Fingerprint, Key, Outcome, Output, Store};
         use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
@@ -403,7 +388,13 @@ mod tests {
         async fn unguarded(store: &SqliteStore, key: &Key, fp: Fingerprint) {
             let mut conn = store.pool.acquire().await.unwrap();
             let lease = Duration::from_secs(600);
-            let claim = claim_on(store, &mut conn, key, &fp, lease, token::fresh(), true).await;
+            let claim = NewClaim {
+                key,
+                fingerprint: &fp,
+                lease,
+                token: token::fresh(),
+            };
+            let claim = Sqlite::claim(store, &mut conn, claim, true).await;
             assert!(matches!(claim, Ok(Claim::Completed(_))));
         }
         const N: u32 = 2000;

@@ -5,11 +5,12 @@ use async_trait::async_trait;
 use idem_core::{Claim, Error, Fingerprint, Key, Output, Store, StoreError, Token, TxStore};
 use sqlx::pool::PoolConnection;
 use sqlx::{Database, Encode, Executor, Pool, SqlStr, Transaction, Type};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cancel::{self, ClaimConnection};
-use crate::claim::CLAIM_ATTEMPTS;
+use crate::claim::{CLAIM_ATTEMPTS, NewClaim};
 use crate::columns::outcome_code;
 use crate::dialect::{Conn, Dialect, Placeholders};
 use crate::error::backend;
@@ -21,10 +22,10 @@ use crate::table::Table;
 use crate::token;
 
 /// Idempotency records in one table of a SQL database, through a sqlx pool: one store for
-/// every database, which its [`Dialect`] picks. Use it by its aliases,
-/// [`PgStore`](crate::PgStore), [`SqliteStore`](crate::SqliteStore) and
-/// [`MySqlStore`](crate::MySqlStore), whose docs say what each database's claim costs and
-/// what its limits are.
+/// every database, with a dialect (`D`: `Postgres`, `Sqlite` or `MySql`) for what differs.
+/// Use it by its aliases, `PgStore`, `SqliteStore` and `MySqlStore` (features `postgres`,
+/// `sqlite`, `mysql`), whose docs say what each database's claim costs and what its limits
+/// are.
 ///
 /// Built from your pool; the table is created by [`migrate`](SqlStore::migrate). All times
 /// come from the database's clock. A claim is a read of the key and an insert of the claim,
@@ -114,9 +115,58 @@ fn fenced(rows: u64) -> Result<(), StoreError> {
     }
 }
 
-// What the generic code needs of a sqlx database (each of ours has it). Rust does not
-// carry such bounds along with `D: Dialect`, so each impl below states them.
-impl<D: Dialect> SqlStore<D>
+/// What every dialect runs the same way, written once. A trait implemented for every
+/// dialect (rather than methods of `SqlStore`) so that the bounds saying its database can
+/// bind and run these statements are written once, on that impl: Rust does not carry such
+/// bounds along with `D: Dialect`, and would want them on every impl that uses them.
+pub trait Common: Dialect {
+    /// The record of `digest` by `read` (the dialect's plain or locking read), if any.
+    fn read(
+        conn: &mut Conn<Self>,
+        read: &SqlStr,
+        digest: &[u8],
+    ) -> impl Future<Output = Result<Option<Found>, StoreError>> + Send;
+
+    /// Runs the schema's statements, for the dialect's `migrate`.
+    fn create_schema(
+        store: &SqlStore<Self>,
+        conn: &mut Conn<Self>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// The fenced renewal of `token`'s lease.
+    fn renew_on(
+        store: &SqlStore<Self>,
+        conn: &mut Conn<Self>,
+        key: &Key,
+        token: Token,
+        lease: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The fenced `UPDATE`; when it matches no claim of `token`'s, whether `token` already
+    /// completed the record (a retry after a lost reply: `Ok`, and the record stays as
+    /// first written).
+    fn complete_on(
+        store: &SqlStore<Self>,
+        conn: &mut Conn<Self>,
+        key: &Key,
+        token: Token,
+        output: Output,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The fenced removal of `token`'s claim.
+    fn release_on(
+        store: &SqlStore<Self>,
+        conn: &mut Conn<Self>,
+        key: &Key,
+        token: Token,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// One batch of the purge: how many expired rows it deleted.
+    fn purge_batch(store: &SqlStore<Self>) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+impl<D: Dialect> Common for D
 where
     for<'c> &'c mut Conn<D>: Executor<'c, Database = D::Database>,
     <D::Database as Database>::Arguments: sqlx::IntoArguments<D::Database>,
@@ -124,9 +174,7 @@ where
     for<'q> i64: Encode<'q, D::Database> + Type<D::Database>,
     for<'q> i16: Encode<'q, D::Database> + Type<D::Database>,
 {
-    /// The record of `digest` by `read` (the dialect's plain or locking read), if any.
-    pub(crate) async fn read(
-        &self,
+    async fn read(
         conn: &mut Conn<D>,
         read: &SqlStr,
         digest: &[u8],
@@ -139,17 +187,16 @@ where
         row.as_ref().map(D::found).transpose()
     }
 
-    /// Runs the schema's statements, for the dialect's `migrate`.
-    pub(crate) async fn create_schema(&self, conn: &mut Conn<D>) -> Result<(), sqlx::Error> {
-        for statement in &self.sql.schema {
+    async fn create_schema(store: &SqlStore<D>, conn: &mut Conn<D>) -> Result<(), sqlx::Error> {
+        for statement in &store.sql.schema {
             sqlx::query(statement.clone()).execute(&mut *conn).await?;
         }
         Ok(())
     }
 
-    async fn renew_on<'e>(
-        &self,
-        conn: impl Executor<'e, Database = D::Database>,
+    async fn renew_on(
+        store: &SqlStore<D>,
+        conn: &mut Conn<D>,
         key: &Key,
         token: Token,
         lease: Duration,
@@ -159,7 +206,7 @@ where
             token::value(token),
             D::duration(lease),
         );
-        let query = sqlx::query(self.sql.renew.clone());
+        let query = sqlx::query(store.sql.renew.clone());
         let query = match D::PLACEHOLDERS {
             Placeholders::Numbered => query.bind(digest).bind(token).bind(lease),
             Placeholders::Positional => query.bind(lease).bind(lease).bind(digest).bind(token),
@@ -168,11 +215,8 @@ where
         fenced(D::rows_affected(&done))
     }
 
-    /// The fenced `UPDATE`; when it matches no claim of `token`'s, whether `token` already
-    /// completed the record (a retry after a lost reply: `Ok`, and the record stays as
-    /// first written).
     async fn complete_on(
-        &self,
+        store: &SqlStore<D>,
         conn: &mut Conn<D>,
         key: &Key,
         token: Token,
@@ -186,7 +230,7 @@ where
             &output.bytes[..],
             D::duration(ttl),
         );
-        let query = sqlx::query(self.sql.complete.clone());
+        let query = sqlx::query(store.sql.complete.clone());
         let query = match D::PLACEHOLDERS {
             Placeholders::Numbered => query
                 .bind(digest)
@@ -208,7 +252,7 @@ where
         if D::rows_affected(&done) == 1 {
             return Ok(());
         }
-        let completed = sqlx::query(self.sql.completed.clone())
+        let completed = sqlx::query(store.sql.completed.clone())
             .bind(digest)
             .bind(token)
             .fetch_optional(conn)
@@ -217,13 +261,13 @@ where
         fenced(u64::from(completed.is_some()))
     }
 
-    async fn release_on<'e>(
-        &self,
-        conn: impl Executor<'e, Database = D::Database>,
+    async fn release_on(
+        store: &SqlStore<D>,
+        conn: &mut Conn<D>,
         key: &Key,
         token: Token,
     ) -> Result<(), StoreError> {
-        let done = sqlx::query(self.sql.release.clone())
+        let done = sqlx::query(store.sql.release.clone())
             .bind(&key.digest().as_bytes()[..])
             .bind(token::value(token))
             .execute(conn)
@@ -231,32 +275,35 @@ where
             .map_err(backend("release"))?;
         fenced(D::rows_affected(&done))
     }
+
+    async fn purge_batch(store: &SqlStore<D>) -> Result<u64, StoreError> {
+        let mut deadlocks = 0;
+        loop {
+            match sqlx::query(store.sql.purge.clone())
+                .bind(PURGE_BATCH)
+                .execute(&store.pool)
+                .await
+            {
+                Ok(done) => return Ok(D::rows_affected(&done)),
+                // MySQL: a claim taking over an expired row can deadlock with the range
+                // delete; the batch is rolled back whole, so running it again is safe.
+                Err(e) if D::is_deadlock(&e) && deadlocks < CLAIM_ATTEMPTS => deadlocks += 1,
+                Err(e) => return Err(backend("purge")(e)),
+            }
+        }
+    }
 }
 
-impl<D: Dialect> cancel::ReleaseAfter for SqlStore<D>
-where
-    for<'c> &'c mut Conn<D>: Executor<'c, Database = D::Database>,
-    <D::Database as Database>::Arguments: sqlx::IntoArguments<D::Database>,
-    for<'q> &'q [u8]: Encode<'q, D::Database> + Type<D::Database>,
-    for<'q> i64: Encode<'q, D::Database> + Type<D::Database>,
-    for<'q> i16: Encode<'q, D::Database> + Type<D::Database>,
-{
+impl<D: Common> cancel::ReleaseAfter for SqlStore<D> {
     type Conn = PoolConnection<D::Database>;
 
     async fn release_after(self, mut conn: Self::Conn, key: Key, token: Token) {
-        cancel::released(self.release_on(&mut *conn, &key, token).await)
+        cancel::released(D::release_on(&self, &mut conn, &key, token).await)
     }
 }
 
 #[async_trait]
-impl<D: Dialect> Store for SqlStore<D>
-where
-    for<'c> &'c mut Conn<D>: Executor<'c, Database = D::Database>,
-    <D::Database as Database>::Arguments: sqlx::IntoArguments<D::Database>,
-    for<'q> &'q [u8]: Encode<'q, D::Database> + Type<D::Database>,
-    for<'q> i64: Encode<'q, D::Database> + Type<D::Database>,
-    for<'q> i16: Encode<'q, D::Database> + Type<D::Database>,
-{
+impl<D: Common> Store for SqlStore<D> {
     async fn claim(
         &self,
         key: &Key,
@@ -264,19 +311,25 @@ where
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let conn = self.pool.acquire().await.map_err(backend("claim"))?;
-        let token = token::fresh();
-        let mut guard = ClaimConnection::new(self, key, Token::new(token as u64), conn);
+        let claim = NewClaim {
+            key,
+            fingerprint,
+            lease,
+            token: token::fresh(),
+        };
+        let mut guard = ClaimConnection::new(self, key, Token::new(claim.token as u64), conn);
         let Some(conn) = guard.conn() else {
             return Err(StoreError::backend("claim", "no connection"));
         };
         let read_first = self.order.read_first();
-        let claim = D::claim(self, conn, key, fingerprint, lease, token, read_first).await;
+        let claimed = D::claim(self, conn, claim, read_first).await;
         guard.disarm();
-        self.order.learn(claim)
+        self.order.learn(claimed)
     }
 
     async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
-        self.renew_on(&self.pool, key, token, lease).await
+        let mut conn = self.pool.acquire().await.map_err(backend("renew"))?;
+        D::renew_on(self, &mut conn, key, token, lease).await
     }
 
     async fn complete(
@@ -287,11 +340,12 @@ where
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await.map_err(backend("complete"))?;
-        self.complete_on(&mut conn, key, token, output, ttl).await
+        D::complete_on(self, &mut conn, key, token, output, ttl).await
     }
 
     async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
-        self.release_on(&self.pool, key, token).await
+        let mut conn = self.pool.acquire().await.map_err(backend("release"))?;
+        D::release_on(self, &mut conn, key, token).await
     }
 
     fn release_on_drop(&self, key: &Key, token: Token) {
@@ -305,35 +359,12 @@ where
     }
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {
-        purge::in_batches(|| async {
-            let mut deadlocks = 0;
-            loop {
-                match sqlx::query(self.sql.purge.clone())
-                    .bind(PURGE_BATCH)
-                    .execute(&self.pool)
-                    .await
-                {
-                    Ok(done) => return Ok(D::rows_affected(&done)),
-                    // MySQL: a claim taking over an expired row can deadlock with the range
-                    // delete; the batch is rolled back whole, so running it again is safe.
-                    Err(e) if D::is_deadlock(&e) && deadlocks < CLAIM_ATTEMPTS => deadlocks += 1,
-                    Err(e) => return Err(backend("purge")(e)),
-                }
-            }
-        })
-        .await
+        purge::in_batches(|| D::purge_batch(self)).await
     }
 }
 
 #[async_trait]
-impl<'c, D: Dialect> TxStore<Transaction<'c, D::Database>> for SqlStore<D>
-where
-    for<'e> &'e mut Conn<D>: Executor<'e, Database = D::Database>,
-    <D::Database as Database>::Arguments: sqlx::IntoArguments<D::Database>,
-    for<'q> &'q [u8]: Encode<'q, D::Database> + Type<D::Database>,
-    for<'q> i64: Encode<'q, D::Database> + Type<D::Database>,
-    for<'q> i16: Encode<'q, D::Database> + Type<D::Database>,
-{
+impl<'c, D: Common> TxStore<Transaction<'c, D::Database>> for SqlStore<D> {
     async fn claim_in(
         &self,
         tx: &mut Transaction<'c, D::Database>,
@@ -342,7 +373,13 @@ where
         lease: Duration,
         wait: Duration,
     ) -> Result<Claim, StoreError> {
-        D::claim_in(self, tx, key, fingerprint, lease, wait).await
+        let claim = NewClaim {
+            key,
+            fingerprint,
+            lease,
+            token: token::fresh(),
+        };
+        D::claim_in(self, tx, claim, wait).await
     }
 
     async fn complete_in(
@@ -353,7 +390,7 @@ where
         output: Output,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        self.complete_on(tx, key, token, output, ttl).await
+        D::complete_on(self, tx, key, token, output, ttl).await
     }
 
     async fn release_in(
@@ -362,6 +399,6 @@ where
         key: &Key,
         token: Token,
     ) -> Result<(), StoreError> {
-        self.release_on(&mut **tx, key, token).await
+        D::release_on(self, tx, key, token).await
     }
 }
