@@ -2,23 +2,15 @@
 
 use bytes::Bytes;
 use idem_core::{Busy, Claim, Fingerprint, Outcome, Output, Record, StoreError};
-use std::fmt::Display;
 use std::time::Duration;
 
-/// `state` column values.
-pub(crate) const IN_PROGRESS: i64 = 0;
-pub(crate) const COMPLETED: i64 = 1;
+use crate::columns::{COMPLETED, IN_PROGRESS};
+use crate::duration::CAP_US;
+use crate::error::corrupt;
 
-/// `outcome` column values.
-pub(crate) fn outcome_code(outcome: Outcome) -> i16 {
-    match outcome {
-        Outcome::Ok => 0,
-        Outcome::Err => 1,
-    }
-}
-
-/// A row read for a key.
-pub(crate) struct Found {
+/// A row read for a key; each dialect decodes its own columns into it
+/// ([`Dialect::found`](crate::dialect::Dialect::found)).
+pub struct Found {
     pub(crate) state: i64,
     pub(crate) fingerprint: Vec<u8>,
     pub(crate) outcome: Option<i64>,
@@ -70,24 +62,10 @@ impl Found {
     }
 }
 
-/// The longest lease or TTL a store writes: about 100 years, in microseconds.
-const CAP_US: i64 = 100 * 365 * 24 * 60 * 60 * 1_000_000;
-
-/// A duration as whole microseconds for SQL arithmetic, capped at about 100 years.
-pub(crate) fn micros(d: Duration) -> i64 {
-    d.as_micros().min(CAP_US as u128) as i64
-}
-
-/// A record no store wrote (a manual edit, a foreign schema): a clean error naming what is
-/// wrong with it, e.g. `corrupt("claim", "expires_at is +infinity")`.
-pub(crate) fn corrupt(op: &'static str, what: impl Display) -> StoreError {
-    StoreError::backend(op, format!("corrupt record: {what}"))
-}
-
 /// The microseconds until a row's `expires_at`, checked: `None` (the database could not
 /// compute it: `why_none` says why) and deadlines further ahead than any store writes are
 /// corrupt records, so that such a row is an error naming the column rather than a key
-/// that stays in progress or replays for centuries. Each store maps the values its
+/// that stays in progress or replays for centuries. Each dialect maps the values its
 /// takeover and purge treat as past (PostgreSQL `-infinity`, a MySQL zero date, SQLite's
 /// smallest integer) to a negative number before this, so they count as expired.
 pub(crate) fn remaining_us(us: Option<i64>, why_none: &str) -> Result<i64, StoreError> {
@@ -103,22 +81,5 @@ pub(crate) fn remaining_us(us: Option<i64>, why_none: &str) -> Result<i64, Store
             ),
         )),
         Some(us) => Ok(us),
-    }
-}
-
-/// How many times a claim retries when the row changed between its statements.
-pub(crate) const CLAIM_ATTEMPTS: usize = 8;
-
-/// Maps a sqlx error to a store error naming the operation.
-pub(crate) fn backend(op: &'static str) -> impl Fn(sqlx::Error) -> StoreError + Copy {
-    move |e| StoreError::backend(op, e)
-}
-
-/// A fenced statement touched the owner's row (1) or found it gone or taken over (0).
-pub(crate) fn fenced(rows: u64) -> Result<(), StoreError> {
-    if rows == 1 {
-        Ok(())
-    } else {
-        Err(StoreError::LeaseLost)
     }
 }

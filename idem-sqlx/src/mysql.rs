@@ -1,25 +1,25 @@
-//! `MySqlStore`: records in a MySQL or MariaDB table.
+//! MySQL and MariaDB: [`MySqlStore`], and what its dialect does its own way.
 
-use async_trait::async_trait;
-use idem_core::{Claim, Error, Fingerprint, Key, Output, Store, StoreError, Token, TxStore};
-use sqlx::mysql::{MySql, MySqlConnection, MySqlDatabaseError, MySqlExecutor, MySqlPool};
+use idem_core::{Claim, Error, StoreError};
+use sqlx::mysql::{MySqlConnection, MySqlDatabaseError, MySqlQueryResult, MySqlRow};
 use sqlx::pool::PoolConnection;
 use sqlx::{Row, SqlStr, Transaction};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::cancel::{self, ClaimConnection};
-use crate::found::{self, CLAIM_ATTEMPTS, Found, backend, fenced};
-use crate::order::{ClaimOrder, Order};
-use crate::purge::{self, PURGE_BATCH};
-use crate::table::{Dialect, Table};
-use crate::token;
+use crate::claim::{CLAIM_ATTEMPTS, NewClaim, kept_changing};
+use crate::dialect::{Dialect, Placeholders, Templates};
+use crate::duration::micros;
+use crate::error::{backend, corrupt};
+use crate::found::{self, Found};
+use crate::store::{Common, SqlStore};
+use crate::table::{Quoting, Table};
 
 /// Idempotency records in MySQL or MariaDB (InnoDB): exactly-once across every process
 /// sharing the database.
 ///
-/// Built from your pool; create the table with [`migrate`](MySqlStore::migrate). All times
+/// Built from your pool; create the table with [`migrate`](SqlStore::migrate). All times
 /// come from the database's `UTC_TIMESTAMP(6)` (never `NOW()`, which follows the session's
 /// time zone), so app nodes with skewed clocks or other time zones agree.
 ///
@@ -36,7 +36,7 @@ use crate::token;
 /// fsync), and a fresh key costs the read plus the insert. While they are mostly first
 /// calls, the insert goes first: a fresh key is that one round trip and one commit, and a
 /// replay costs the insert (which finds the key and commits nothing) plus the read.
-/// [`with_claim_order`](MySqlStore::with_claim_order) fixes the order instead (a
+/// [`with_claim_order`](SqlStore::with_claim_order) fixes the order instead (a
 /// transactional claim always inserts first, see below). A fresh key is then completed by
 /// one fenced `UPDATE`; taking over an expired record costs one `UPDATE … WHERE expires_at
 /// <= UTC_TIMESTAMP(6)` more.
@@ -51,8 +51,8 @@ use crate::token;
 ///
 /// A statement, with its parameters, and a result row must fit in the server's
 /// `max_allowed_packet` (16 MiB on MariaDB by default, 64 MiB on MySQL 8). The store reads it
-/// once, on its first claim or [`migrate`](MySqlStore::migrate), and
-/// [`max_output_len`](Store::max_output_len) is that minus 1 KiB for the statement and the
+/// once, on its first claim or [`migrate`](SqlStore::migrate), and
+/// [`max_output_len`](idem_core::Store::max_output_len) is that minus 1 KiB for the statement and the
 /// other columns (at most 64 MiB, the codec's limit); until it has been read, 1 MiB. Raise
 /// `max_allowed_packet` for larger outputs, and restart the application.
 ///
@@ -97,27 +97,24 @@ use crate::token;
 /// each of them holds a shared lock on the key after the rollback and needs an exclusive
 /// one to insert, so InnoDB picks all but one as victims (the same happens when two
 /// transactions take over the same expired record at once).
-#[derive(Clone)]
-pub struct MySqlStore {
-    order: Arc<Order>,
-    pool: MySqlPool,
-    table: Table,
-    sql: Arc<Statements>,
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
+pub type MySqlStore = SqlStore<MySql>;
+
+/// The MySQL/MariaDB dialect of [`SqlStore`]: see [`MySqlStore`]. It keeps the server's
+/// `max_allowed_packet` once read, shared by the store's clones.
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
+#[derive(Clone, Debug, Default)]
+pub struct MySql {
     /// The server's `max_allowed_packet`, once read (0 until then).
     max_packet: Arc<AtomicUsize>,
 }
 
-struct Statements {
-    read: SqlStr,
+/// Its claim's statements.
+pub struct Statements {
+    /// The read with a shared lock, for a claim in a transaction.
     read_locked: SqlStr,
     insert: SqlStr,
     take_over: SqlStr,
-    renew: SqlStr,
-    complete: SqlStr,
-    completed: SqlStr,
-    release: SqlStr,
-    purge: SqlStr,
-    create_table: SqlStr,
 }
 
 /// A claim's read of the key's row. An `expires_at` the takeover and the purge treat as
@@ -129,11 +126,45 @@ const READ: &str = "SELECT state, fingerprint, outcome, output, \
             ELSE TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) END AS remaining_us \
      FROM {t} WHERE key_digest = ?";
 
-impl Statements {
-    fn new(t: &Table) -> Self {
-        let sql = |template: &str| t.sql(Dialect::MySql, template);
+impl Dialect for MySql {
+    type Database = sqlx::MySql;
+    // Whole microseconds, for `INTERVAL ? MICROSECOND`.
+    type Duration = i64;
+    type Statements = Statements;
+
+    const QUOTING: Quoting = Quoting::MySql;
+    const PLACEHOLDERS: Placeholders = Placeholders::Positional;
+    const TEMPLATES: Templates = Templates {
+        read: READ,
+        renew: "UPDATE {t} SET lease_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
+                  expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
+                WHERE key_digest = ? AND token = ? AND state = 0",
+        complete: "UPDATE {t} SET state = 1, outcome = ?, output = ?, lease_until = NULL, \
+                     expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
+                   WHERE key_digest = ? AND token = ? AND state = 0",
+        completed: "SELECT 1 FROM {t} WHERE key_digest = ? AND token = ? AND state = 1",
+        release: "DELETE FROM {t} WHERE key_digest = ? AND token = ? AND state = 0",
+        purge: "DELETE FROM {t} WHERE expires_at <= UTC_TIMESTAMP(6) \
+                ORDER BY expires_at, key_digest LIMIT ?",
+        schema: &["CREATE TABLE IF NOT EXISTS {t} ( \
+               key_digest  BINARY(32) NOT NULL PRIMARY KEY, \
+               namespace   VARCHAR(255) NOT NULL, \
+               key_preview VARCHAR(100) NOT NULL, \
+               fingerprint BINARY(32) NOT NULL, \
+               state       TINYINT NOT NULL, \
+               token       BIGINT NOT NULL, \
+               outcome     TINYINT NULL, \
+               output      LONGBLOB NULL, \
+               lease_until DATETIME(6) NULL, \
+               expires_at  DATETIME(6) NOT NULL, \
+               created_at  DATETIME(6) NOT NULL, \
+               INDEX {i} (expires_at) \
+             ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"],
+    };
+
+    fn statements(table: &Table) -> Statements {
+        let sql = |template: &str| Self::sql(table, template);
         Statements {
-            read: sql(READ),
             read_locked: sql(&format!("{READ} LOCK IN SHARE MODE")),
             insert: sql(
                 "INSERT IGNORE INTO {t} (key_digest, namespace, key_preview, fingerprint, state, \
@@ -149,35 +180,119 @@ impl Statements {
                    created_at = UTC_TIMESTAMP(6) \
                  WHERE key_digest = ? AND expires_at <= UTC_TIMESTAMP(6)",
             ),
-            renew: sql(
-                "UPDATE {t} SET lease_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
-                   expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
-                 WHERE key_digest = ? AND token = ? AND state = 0",
-            ),
-            complete: sql(
-                "UPDATE {t} SET state = 1, outcome = ?, output = ?, lease_until = NULL, \
-                   expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
-                 WHERE key_digest = ? AND token = ? AND state = 0",
-            ),
-            completed: sql("SELECT 1 FROM {t} WHERE key_digest = ? AND token = ? AND state = 1"),
-            release: sql("DELETE FROM {t} WHERE key_digest = ? AND token = ? AND state = 0"),
-            purge: sql("DELETE FROM {t} WHERE expires_at <= UTC_TIMESTAMP(6) \
-                 ORDER BY expires_at, key_digest LIMIT ?"),
-            create_table: sql("CREATE TABLE IF NOT EXISTS {t} ( \
-                   key_digest  BINARY(32) NOT NULL PRIMARY KEY, \
-                   namespace   VARCHAR(255) NOT NULL, \
-                   key_preview VARCHAR(100) NOT NULL, \
-                   fingerprint BINARY(32) NOT NULL, \
-                   state       TINYINT NOT NULL, \
-                   token       BIGINT NOT NULL, \
-                   outcome     TINYINT NULL, \
-                   output      LONGBLOB NULL, \
-                   lease_until DATETIME(6) NULL, \
-                   expires_at  DATETIME(6) NOT NULL, \
-                   created_at  DATETIME(6) NOT NULL, \
-                   INDEX {i} (expires_at) \
-                 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"),
         }
+    }
+
+    fn duration(d: Duration) -> i64 {
+        micros(d)
+    }
+
+    fn found(row: &MySqlRow) -> Result<Found, StoreError> {
+        let column = backend("claim");
+        Ok(Found {
+            state: row.try_get("state").map_err(column)?,
+            fingerprint: row.try_get("fingerprint").map_err(column)?,
+            outcome: row.try_get("outcome").map_err(column)?,
+            output: row.try_get("output").map_err(column)?,
+            remaining_us: found::remaining_us(
+                row.try_get("remaining_us").map_err(column)?,
+                "is not a valid date",
+            )?,
+        })
+    }
+
+    fn rows_affected(done: &MySqlQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    async fn claim(
+        store: &MySqlStore,
+        conn: &mut MySqlConnection,
+        claim: NewClaim<'_>,
+        read_first: bool,
+    ) -> Result<Claim, StoreError> {
+        store.dialect.learn_max_packet(conn).await;
+        claim_on(store, conn, claim, Mode::Plain { read_first }).await
+    }
+
+    async fn claim_in(
+        store: &MySqlStore,
+        tx: &mut Transaction<'_, sqlx::MySql>,
+        claim: NewClaim<'_>,
+        wait: Duration,
+    ) -> Result<Claim, StoreError> {
+        // `wait` is the lock wait timeout of this claim only. The session's own value is
+        // put back afterwards, also after a failed claim: unlike PostgreSQL's
+        // `set_config(…, true)` a session variable outlives the transaction, and the
+        // connection goes back to the pool.
+        store.dialect.learn_max_packet(tx).await;
+        sqlx::query(SET_LOCK_WAIT)
+            .bind(lock_wait_secs(wait))
+            .execute(&mut **tx)
+            .await
+            .map_err(backend("claim"))?;
+        let claimed = claim_on(store, tx, claim, Mode::InTx)
+            .await
+            .map_err(|e| lock_timeout(e, wait));
+        let restored = sqlx::query(RESTORE_LOCK_WAIT)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend("claim"));
+        let claimed = claimed?;
+        restored?;
+        Ok(claimed)
+    }
+
+    async fn migrate(store: &MySqlStore) -> Result<(), Error> {
+        let fail = |e| Error::Store(backend("migrate")(e));
+        let lock_name = format!("idem-migrate:{}", store.table.name());
+        // Closes the connection, and with it the lock, if this future is dropped or a
+        // statement fails while the lock may be held: a pooled connection must never keep it.
+        let mut held = LockedConnection {
+            conn: store.pool.acquire().await.map_err(fail)?,
+            released: false,
+        };
+        let conn = &mut held.conn;
+        store.dialect.learn_max_packet(conn).await;
+        let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+            .bind(&lock_name)
+            .bind(MIGRATE_LOCK_WAIT_SECS)
+            .fetch_one(&mut **conn)
+            .await
+            .map_err(fail)?;
+        if got != Some(1) {
+            return Err(Error::Store(StoreError::backend(
+                "migrate",
+                format!(
+                    "another migration held the lock {lock_name:?} for more than \
+                     {MIGRATE_LOCK_WAIT_SECS} s"
+                ),
+            )));
+        }
+        let created = Self::create_schema(store, conn).await;
+        let released: Result<Option<i64>, _> = sqlx::query_scalar("SELECT RELEASE_LOCK(?)")
+            .bind(&lock_name)
+            .fetch_one(&mut **conn)
+            .await;
+        created.map_err(fail)?;
+        released.map_err(fail)?;
+        held.released = true;
+        Ok(())
+    }
+
+    /// The server's `max_allowed_packet` less 1 KiB, at most 64 MiB; 1 MiB until the first
+    /// claim or `migrate` has read it (see [`MySqlStore`]).
+    fn max_output_len(&self) -> usize {
+        match self.max_packet.load(Ordering::Relaxed) {
+            0 => UNKNOWN_PACKET_OUTPUT,
+            packet => packet
+                .saturating_sub(PACKET_MARGIN)
+                .min(idem_core::codec::MAX_ENCODED_LEN),
+        }
+    }
+
+    fn is_deadlock(error: &sqlx::Error) -> bool {
+        is_deadlock(error)
     }
 }
 
@@ -195,98 +310,10 @@ const UNKNOWN_PACKET_OUTPUT: usize = 1 << 20;
 /// other columns (each well under 100 bytes).
 const PACKET_MARGIN: usize = 1024;
 
-impl MySqlStore {
-    /// A store on `pool`, in the table `idem_records`.
-    pub fn new(pool: MySqlPool) -> Self {
-        let table = Table::default();
-        MySqlStore {
-            order: Arc::default(),
-            sql: Arc::new(Statements::new(&table)),
-            pool,
-            table,
-            max_packet: Arc::default(),
-        }
-    }
-
-    /// The same store in table `name` (an ASCII identifier; anything else is an error).
-    pub fn with_table(self, name: &str) -> Result<Self, Error> {
-        let table = Table::new(name)?;
-        Ok(MySqlStore {
-            order: Arc::new(Order::new(self.order.order())),
-            sql: Arc::new(Statements::new(&table)),
-            pool: self.pool,
-            table,
-            max_packet: self.max_packet,
-        })
-    }
-
-    /// The same store with its claim's first statement fixed instead of learned from
-    /// recent claims (see [`ClaimOrder`]).
-    pub fn with_claim_order(self, order: ClaimOrder) -> Self {
-        MySqlStore {
-            order: Arc::new(Order::new(order)),
-            ..self
-        }
-    }
-
-    /// Creates the table and its expiry index if they are missing. Safe to call on every
-    /// start and from several processes at once: serialized by a named lock
-    /// (`GET_LOCK('idem-migrate:<table>')`) held on one connection around
-    /// `CREATE TABLE IF NOT EXISTS`.
-    pub async fn migrate(&self) -> Result<(), Error> {
-        let fail = |e| Error::Store(backend("migrate")(e));
-        let lock_name = format!("idem-migrate:{}", self.table.name());
-        // Closes the connection, and with it the lock, if this future is dropped or a
-        // statement fails while the lock may be held: a pooled connection must never keep it.
-        let mut held = LockedConnection {
-            conn: self.pool.acquire().await.map_err(fail)?,
-            released: false,
-        };
-        let conn = &mut held.conn;
-        self.learn_max_packet(conn).await;
-        let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
-            .bind(&lock_name)
-            .bind(MIGRATE_LOCK_WAIT_SECS)
-            .fetch_one(&mut **conn)
-            .await
-            .map_err(fail)?;
-        if got != Some(1) {
-            return Err(Error::Store(StoreError::backend(
-                "migrate",
-                format!(
-                    "another migration held the lock {lock_name:?} for more than \
-                     {MIGRATE_LOCK_WAIT_SECS} s"
-                ),
-            )));
-        }
-        let created = sqlx::query(self.sql.create_table.clone())
-            .execute(&mut **conn)
-            .await;
-        let released: Result<Option<i64>, _> = sqlx::query_scalar("SELECT RELEASE_LOCK(?)")
-            .bind(&lock_name)
-            .fetch_one(&mut **conn)
-            .await;
-        created.map_err(fail)?;
-        released.map_err(fail)?;
-        held.released = true;
-        Ok(())
-    }
-
-    /// The pool it runs on.
-    pub fn pool(&self) -> &MySqlPool {
-        &self.pool
-    }
-
-    /// The table it uses.
-    pub fn table(&self) -> &str {
-        self.table.name()
-    }
-}
-
 /// A pooled connection that may hold a named lock: closed instead of pooled when dropped,
 /// unless `released` says the lock was released.
 struct LockedConnection {
-    conn: PoolConnection<MySql>,
+    conn: PoolConnection<sqlx::MySql>,
     released: bool,
 }
 
@@ -298,7 +325,7 @@ impl Drop for LockedConnection {
     }
 }
 
-impl MySqlStore {
+impl MySql {
     /// Reads `max_allowed_packet` from the server, once per store (and its clones).
     async fn learn_max_packet(&self, conn: &mut MySqlConnection) {
         if self.max_packet.load(Ordering::Relaxed) != 0 {
@@ -325,10 +352,6 @@ fn truncate_chars(s: &str, max: usize) -> &str {
     }
 }
 
-fn token_value(token: Token) -> i64 {
-    token.get() as i64
-}
-
 /// InnoDB's "lock wait timeout exceeded" (it rolls back only the statement).
 const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
 /// InnoDB's "deadlock found" (it rolls back the whole transaction).
@@ -353,10 +376,10 @@ fn is_deadlock(e: &sqlx::Error) -> bool {
 /// Where a claim runs, which decides how it reads and what it may retry.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// Autocommit statements on a pooled connection: read or insert first as the store's
-    /// `ClaimOrder` says, and run a statement InnoDB rolled back as a deadlock victim
-    /// again.
-    Plain,
+    /// Autocommit statements on a pooled connection: read first if `read_first` (as the
+    /// store's `ClaimOrder` says), and run a statement InnoDB rolled back as a deadlock
+    /// victim again.
+    Plain { read_first: bool },
     /// In the caller's transaction: insert first, read with a shared lock, and never retry
     /// a deadlock (InnoDB rolled the whole transaction back).
     InTx,
@@ -379,173 +402,86 @@ fn lock_wait_secs(wait: Duration) -> u64 {
     secs.clamp(1, 1_073_741_824)
 }
 
-impl MySqlStore {
-    /// The claim on one connection: a pooled one in plain mode, the caller's transaction's
-    /// in transactional mode. See the type's docs for why the two order their statements
-    /// differently.
-    async fn claim_on(
-        &self,
-        conn: &mut MySqlConnection,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-        token: i64,
-        mode: Mode,
-    ) -> Result<Claim, StoreError> {
-        let digest = &key.digest().as_bytes()[..];
-        let namespace = truncate_chars(key.namespace(), NAMESPACE_CHARS);
-        let lease = found::micros(lease);
-        let retry = |e: &sqlx::Error| mode == Mode::Plain && is_deadlock(e);
-        // In a transaction always, else as the store's `ClaimOrder` says.
-        let mut insert_first = mode == Mode::InTx || !self.order.read_first();
-        for _ in 0..CLAIM_ATTEMPTS {
-            if insert_first {
-                // Absent (or in a transaction, where an insert waits for a concurrent
-                // uncommitted insert of the key): insert it, unless it exists (0 rows).
-                let inserted = sqlx::query(self.sql.insert.clone())
-                    .bind(digest)
-                    .bind(namespace)
-                    .bind(key.preview())
-                    .bind(&fingerprint.as_bytes()[..])
-                    .bind(token)
-                    .bind(lease)
-                    .bind(lease)
-                    .execute(&mut *conn)
-                    .await;
-                match inserted {
-                    Ok(done) if done.rows_affected() == 1 => {
-                        return Ok(Claim::Claimed(Token::new(token as u64)));
-                    }
-                    Ok(_) => {}
-                    Err(e) if retry(&e) => {
-                        insert_first = false;
-                        continue;
-                    }
-                    Err(e) => return Err(backend("claim")(e)),
-                }
-            }
-            let read = match mode {
-                Mode::Plain => self.sql.read.clone(),
-                Mode::InTx => self.sql.read_locked.clone(),
-            };
-            let row = sqlx::query(read)
+/// The claim on one connection: a pooled one in plain mode, the caller's transaction's
+/// in transactional mode. See the type's docs for why the two order their statements
+/// differently.
+async fn claim_on(
+    store: &MySqlStore,
+    conn: &mut MySqlConnection,
+    claim: NewClaim<'_>,
+    mode: Mode,
+) -> Result<Claim, StoreError> {
+    let digest = claim.digest();
+    let namespace = truncate_chars(claim.key.namespace(), NAMESPACE_CHARS);
+    let (preview, fingerprint) = (claim.key.preview(), &claim.fingerprint.as_bytes()[..]);
+    let lease = micros(claim.lease);
+    let retry = |e: &sqlx::Error| mode != Mode::InTx && is_deadlock(e);
+    // In a transaction always, else as the store's `ClaimOrder` says.
+    let mut insert_first = match mode {
+        Mode::Plain { read_first } => !read_first,
+        Mode::InTx => true,
+    };
+    for _ in 0..CLAIM_ATTEMPTS {
+        if insert_first {
+            // Absent (or in a transaction, where an insert waits for a concurrent
+            // uncommitted insert of the key): insert it, unless it exists (0 rows).
+            let inserted = sqlx::query(store.sql.own.insert.clone())
                 .bind(digest)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(backend("claim"))?;
-            let Some(row) = row else {
-                insert_first = true;
-                continue;
-            };
-            let column = |e| StoreError::backend("claim", e);
-            let found = Found {
-                state: row.try_get("state").map_err(column)?,
-                fingerprint: row.try_get("fingerprint").map_err(column)?,
-                outcome: row.try_get("outcome").map_err(column)?,
-                output: row.try_get("output").map_err(column)?,
-                remaining_us: found::remaining_us(
-                    row.try_get("remaining_us").map_err(column)?,
-                    "is not a valid date",
-                )?,
-            };
-            if found.live() {
-                not_padded(&found.fingerprint)?;
-                return found.into_claim();
-            }
-            // Expired: take it over, unless another claimer just did (0 rows).
-            insert_first = mode == Mode::InTx;
-            let taken = sqlx::query(self.sql.take_over.clone())
                 .bind(namespace)
-                .bind(key.preview())
-                .bind(&fingerprint.as_bytes()[..])
-                .bind(token)
+                .bind(preview)
+                .bind(fingerprint)
+                .bind(claim.token)
                 .bind(lease)
                 .bind(lease)
-                .bind(digest)
                 .execute(&mut *conn)
                 .await;
-            match taken {
+            match inserted {
                 Ok(done) if done.rows_affected() == 1 => {
-                    return Ok(Claim::Claimed(Token::new(token as u64)));
+                    return Ok(claim.claimed());
                 }
-                // Lost a race (or, in plain mode, a deadlock with a concurrent purge).
-                Ok(_) => continue,
-                Err(e) if retry(&e) => continue,
+                Ok(_) => {}
+                Err(e) if retry(&e) => {
+                    insert_first = false;
+                    continue;
+                }
                 Err(e) => return Err(backend("claim")(e)),
             }
         }
-        Err(StoreError::backend(
-            "claim",
-            "the record kept changing under concurrent claims",
-        ))
-    }
-
-    async fn renew_on<'e>(
-        &self,
-        conn: impl MySqlExecutor<'e>,
-        key: &Key,
-        token: Token,
-        lease: Duration,
-    ) -> Result<(), StoreError> {
-        let lease = found::micros(lease);
-        let done = sqlx::query(self.sql.renew.clone())
-            .bind(lease)
-            .bind(lease)
-            .bind(&key.digest().as_bytes()[..])
-            .bind(token_value(token))
-            .execute(conn)
-            .await
-            .map_err(backend("renew"))?;
-        fenced(done.rows_affected())
-    }
-
-    /// The fenced `UPDATE`; when it matches no claim of `token`'s, whether `token` already
-    /// completed the record (a retry after a lost reply: `Ok`, and the record stays as
-    /// first written).
-    async fn complete_on(
-        &self,
-        conn: &mut MySqlConnection,
-        key: &Key,
-        token: Token,
-        output: Output,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let digest = &key.digest().as_bytes()[..];
-        let done = sqlx::query(self.sql.complete.clone())
-            .bind(found::outcome_code(output.outcome))
-            .bind(&output.bytes[..])
-            .bind(found::micros(ttl))
-            .bind(digest)
-            .bind(token_value(token))
-            .execute(&mut *conn)
-            .await
-            .map_err(backend("complete"))?;
-        if done.rows_affected() == 1 {
-            return Ok(());
+        let read = match mode {
+            Mode::Plain { .. } => &store.sql.read,
+            Mode::InTx => &store.sql.own.read_locked,
+        };
+        let Some(found) = MySql::read(conn, read, digest).await? else {
+            insert_first = true;
+            continue;
+        };
+        if found.live() {
+            not_padded(&found.fingerprint)?;
+            return found.into_claim();
         }
-        let completed = sqlx::query(self.sql.completed.clone())
+        // Expired: take it over, unless another claimer just did (0 rows).
+        insert_first = mode == Mode::InTx;
+        let taken = sqlx::query(store.sql.own.take_over.clone())
+            .bind(namespace)
+            .bind(preview)
+            .bind(fingerprint)
+            .bind(claim.token)
+            .bind(lease)
+            .bind(lease)
             .bind(digest)
-            .bind(token_value(token))
-            .fetch_optional(conn)
-            .await
-            .map_err(backend("complete"))?;
-        fenced(u64::from(completed.is_some()))
+            .execute(&mut *conn)
+            .await;
+        match taken {
+            Ok(done) if done.rows_affected() == 1 => {
+                return Ok(claim.claimed());
+            }
+            // Lost a race (or, in plain mode, a deadlock with a concurrent purge).
+            Ok(_) => continue,
+            Err(e) if retry(&e) => continue,
+            Err(e) => return Err(backend("claim")(e)),
+        }
     }
-
-    async fn release_on<'e>(
-        &self,
-        conn: impl MySqlExecutor<'e>,
-        key: &Key,
-        token: Token,
-    ) -> Result<(), StoreError> {
-        let done = sqlx::query(self.sql.release.clone())
-            .bind(&key.digest().as_bytes()[..])
-            .bind(token_value(token))
-            .execute(conn)
-            .await
-            .map_err(backend("release"))?;
-        fenced(done.rows_affected())
-    }
+    Err(kept_changing())
 }
 
 /// A 32-byte fingerprint that ends in 8 or more zero bytes is a shorter value that
@@ -555,7 +491,7 @@ fn not_padded(fingerprint: &[u8]) -> Result<(), StoreError> {
     const PADDING: usize = 8;
     if fingerprint.len() == 32 && fingerprint[32 - PADDING..].iter().all(|b| *b == 0) {
         let zeros = fingerprint.iter().rev().take_while(|b| **b == 0).count();
-        return Err(found::corrupt(
+        return Err(corrupt(
             "claim",
             format_args!(
                 "fingerprint ends in {zeros} zero bytes: a shorter value padded by BINARY(32)"
@@ -563,91 +499,6 @@ fn not_padded(fingerprint: &[u8]) -> Result<(), StoreError> {
         ));
     }
     Ok(())
-}
-
-impl cancel::ReleaseAfter for MySqlStore {
-    type Conn = PoolConnection<MySql>;
-
-    async fn release_after(self, mut conn: Self::Conn, key: Key, token: Token) {
-        cancel::released(self.release_on(&mut *conn, &key, token).await)
-    }
-}
-
-#[async_trait]
-impl Store for MySqlStore {
-    async fn claim(
-        &self,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-    ) -> Result<Claim, StoreError> {
-        let conn = self.pool.acquire().await.map_err(backend("claim"))?;
-        let token = token::fresh();
-        let mut guard = ClaimConnection::new(self, key, Token::new(token as u64), conn);
-        let Some(conn) = guard.conn() else {
-            return Err(StoreError::backend("claim", "no connection"));
-        };
-        self.learn_max_packet(conn).await;
-        let claim = self
-            .claim_on(conn, key, fingerprint, lease, token, Mode::Plain)
-            .await;
-        guard.disarm();
-        self.order.learn(claim)
-    }
-
-    async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
-        self.renew_on(&self.pool, key, token, lease).await
-    }
-
-    async fn complete(
-        &self,
-        key: &Key,
-        token: Token,
-        output: Output,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(backend("complete"))?;
-        self.complete_on(&mut conn, key, token, output, ttl).await
-    }
-
-    async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
-        self.release_on(&self.pool, key, token).await
-    }
-
-    fn release_on_drop(&self, key: &Key, token: Token) {
-        cancel::release_in_background(self, key, token);
-    }
-
-    /// The server's `max_allowed_packet` less 1 KiB, at most 64 MiB; 1 MiB until the first
-    /// claim or `migrate` has read it (see the type's docs).
-    fn max_output_len(&self) -> usize {
-        match self.max_packet.load(Ordering::Relaxed) {
-            0 => UNKNOWN_PACKET_OUTPUT,
-            packet => packet
-                .saturating_sub(PACKET_MARGIN)
-                .min(idem_core::codec::MAX_ENCODED_LEN),
-        }
-    }
-
-    async fn purge_expired(&self) -> Result<u64, StoreError> {
-        purge::in_batches(|| async {
-            let mut deadlocks = 0;
-            loop {
-                match sqlx::query(self.sql.purge.clone())
-                    .bind(PURGE_BATCH)
-                    .execute(&self.pool)
-                    .await
-                {
-                    Ok(done) => return Ok(done.rows_affected()),
-                    // A claim taking over an expired row can deadlock with the range
-                    // delete; the batch is rolled back whole, so running it again is safe.
-                    Err(e) if is_deadlock(&e) && deadlocks < CLAIM_ATTEMPTS => deadlocks += 1,
-                    Err(e) => return Err(backend("purge")(e)),
-                }
-            }
-        })
-        .await
-    }
 }
 
 /// A claim that gave up waiting for a concurrent transaction (InnoDB's lock wait timeout,
@@ -663,60 +514,6 @@ fn lock_timeout(error: StoreError, wait: Duration) -> StoreError {
         };
     }
     error
-}
-
-#[async_trait]
-impl<'c> TxStore<Transaction<'c, MySql>> for MySqlStore {
-    async fn claim_in(
-        &self,
-        tx: &mut Transaction<'c, MySql>,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-        wait: Duration,
-    ) -> Result<Claim, StoreError> {
-        // `wait` is the lock wait timeout of this claim only. The session's own value is
-        // put back afterwards, also after a failed claim: unlike PostgreSQL's
-        // `set_config(…, true)` a session variable outlives the transaction, and the
-        // connection goes back to the pool.
-        self.learn_max_packet(tx).await;
-        sqlx::query(SET_LOCK_WAIT)
-            .bind(lock_wait_secs(wait))
-            .execute(&mut **tx)
-            .await
-            .map_err(backend("claim"))?;
-        let claim = self
-            .claim_on(tx, key, fingerprint, lease, token::fresh(), Mode::InTx)
-            .await
-            .map_err(|e| lock_timeout(e, wait));
-        let restored = sqlx::query(RESTORE_LOCK_WAIT)
-            .execute(&mut **tx)
-            .await
-            .map_err(backend("claim"));
-        let claim = claim?;
-        restored?;
-        Ok(claim)
-    }
-
-    async fn complete_in(
-        &self,
-        tx: &mut Transaction<'c, MySql>,
-        key: &Key,
-        token: Token,
-        output: Output,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        self.complete_on(tx, key, token, output, ttl).await
-    }
-
-    async fn release_in(
-        &self,
-        tx: &mut Transaction<'c, MySql>,
-        key: &Key,
-        token: Token,
-    ) -> Result<(), StoreError> {
-        self.release_on(&mut **tx, key, token).await
-    }
 }
 
 #[cfg(test)]

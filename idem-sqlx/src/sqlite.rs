@@ -1,20 +1,17 @@
-//! `SqliteStore`: records in an SQLite table.
+//! SQLite: [`SqliteStore`], and what its dialect does its own way.
 
-use async_trait::async_trait;
-use idem_core::{Claim, Error, Fingerprint, Key, Output, Store, StoreError, Token, TxStore};
-use sqlx::Transaction;
-use sqlx::pool::PoolConnection;
-use sqlx::sqlite::{Sqlite, SqliteConnection, SqliteExecutor, SqlitePool};
-use sqlx::{Row, SqlStr};
-use std::sync::Arc;
+use idem_core::{Claim, Error, StoreError};
+use sqlx::sqlite::{SqliteConnection, SqliteQueryResult, SqliteRow};
+use sqlx::{Row, SqlStr, Transaction};
 use std::time::Duration;
 
-use crate::cancel::{self, ClaimConnection};
-use crate::found::{self, CLAIM_ATTEMPTS, Found, backend, fenced};
-use crate::order::{ClaimOrder, Order};
-use crate::purge::{self, PURGE_BATCH};
-use crate::table::{Dialect, Table};
-use crate::token;
+use crate::claim::{CLAIM_ATTEMPTS, NewClaim, kept_changing};
+use crate::dialect::{Dialect, Placeholders, Templates};
+use crate::duration::micros;
+use crate::error::backend;
+use crate::found::{self, Found};
+use crate::store::{Common, SqlStore};
+use crate::table::{Quoting, Table};
 
 /// The database's clock as integer milliseconds since the Unix epoch. `julianday('now')`
 /// works on every SQLite version (unlike `unixepoch('subsec')`, 3.42+), is millisecond
@@ -24,7 +21,7 @@ const NOW: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS IN
 /// Idempotency records in SQLite: exactly-once across every task and process sharing the
 /// database file.
 ///
-/// Built from your pool; create the table with [`migrate`](SqliteStore::migrate). A claim
+/// Built from your pool; create the table with [`migrate`](SqlStore::migrate). A claim
 /// is two statements on one connection: a read of the key (`SELECT` by primary key) and one
 /// `INSERT … ON CONFLICT DO UPDATE … WHERE expired` that inserts the record or takes over
 /// an expired one, and leaves a live one alone — SQLite runs writers one at a time, so
@@ -35,8 +32,8 @@ const NOW: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS IN
 /// insert: a fresh call costs the insert and the `UPDATE`, and a replay the insert (which
 /// changes nothing and commits no page, but takes SQLite's one write lock like any writer,
 /// so it queues behind a long transaction or a purge for up to the `busy_timeout`) and the
-/// read. [`with_claim_order`](SqliteStore::with_claim_order) fixes the order instead, e.g.
-/// [`ClaimOrder::ReadFirst`] where replays must never wait for writers.
+/// read. [`with_claim_order`](SqlStore::with_claim_order) fixes the order instead, e.g.
+/// [`ClaimOrder::ReadFirst`](crate::ClaimOrder::ReadFirst) where replays must never wait for writers.
 ///
 /// SQLite has no timestamp type: deadlines are INTEGER milliseconds since the Unix epoch,
 /// always computed by SQLite's own clock (`julianday('now')`), never the application's.
@@ -65,7 +62,7 @@ const NOW: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS IN
 ///
 /// # Transactional mode
 ///
-/// `SqliteStore` is a [`TxStore`] for `Transaction<'_, Sqlite>` (`tx = ...`, or
+/// `SqliteStore` is a [`TxStore`](idem_core::TxStore) for `Transaction<'_, Sqlite>` (`tx = ...`, or
 /// [`run_in_tx`](idem_core::run_in_tx)): the claim, the body's writes and the record commit
 /// together or not at all. SQLite runs one writer at a time, so **begin the transaction
 /// with `BEGIN IMMEDIATE`**:
@@ -109,42 +106,74 @@ const NOW: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS IN
 /// sees them. The retry runs once. Do not let plain-mode calls and transactional calls
 /// share keys (the same `name = ...`). A transaction that waits for a plain-mode call in
 /// progress holds the write lock that call needs to finish.
-#[derive(Clone)]
-pub struct SqliteStore {
-    order: Arc<Order>,
-    pool: SqlitePool,
-    table: Table,
-    sql: Arc<Statements>,
-}
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub type SqliteStore = SqlStore<Sqlite>;
 
-struct Statements {
-    read: SqlStr,
+/// The SQLite dialect of [`SqlStore`]: see [`SqliteStore`].
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sqlite;
+
+/// Its claim's write.
+pub struct Statements {
+    /// Inserts a fresh record, or takes over an expired one; a live one is left alone (0
+    /// rows affected).
     claim: SqlStr,
-    renew: SqlStr,
-    complete: SqlStr,
-    completed: SqlStr,
-    release: SqlStr,
-    purge: SqlStr,
-    create_table: SqlStr,
-    create_index: SqlStr,
 }
 
-impl Statements {
-    fn new(t: &Table) -> Self {
-        let sql = |template: &str| t.sql(Dialect::Sqlite, &template.replace("{now}", NOW));
+impl Dialect for Sqlite {
+    type Database = sqlx::Sqlite;
+    // Whole milliseconds, as its deadlines are.
+    type Duration = i64;
+    type Statements = Statements;
+
+    const QUOTING: Quoting = Quoting::Sqlite;
+    const PLACEHOLDERS: Placeholders = Placeholders::Numbered;
+    const TEMPLATES: Templates = Templates {
+        // Expired (-1) by the same `expires_at <= now` as the claim's upsert and the
+        // purge, whatever its type; else the milliseconds left, which cannot overflow (a
+        // positive minus a positive), for an integer; else NULL: SQLite stores what it is
+        // given, and text, a blob or a far REAL is a corrupt record.
+        read: "SELECT state, fingerprint, outcome, output, \
+                      CASE WHEN expires_at <= {now} THEN -1 \
+                           WHEN typeof(expires_at) = 'integer' THEN expires_at - {now} \
+                      END AS remaining_ms \
+               FROM {t} WHERE key_digest = ?1",
+        renew: "UPDATE {t} SET lease_until = {now} + ?3, expires_at = {now} + ?3 \
+                WHERE key_digest = ?1 AND token = ?2 AND state = 0",
+        complete: "UPDATE {t} SET state = 1, outcome = ?3, output = ?4, lease_until = NULL, \
+                     expires_at = {now} + ?5 \
+                   WHERE key_digest = ?1 AND token = ?2 AND state = 0",
+        completed: "SELECT 1 FROM {t} WHERE key_digest = ?1 AND token = ?2 AND state = 1",
+        release: "DELETE FROM {t} WHERE key_digest = ?1 AND token = ?2 AND state = 0",
+        purge: "DELETE FROM {t} WHERE rowid IN ( \
+                  SELECT rowid FROM {t} WHERE expires_at <= {now} LIMIT ?1)",
+        schema: &[
+            "CREATE TABLE IF NOT EXISTS {t} ( \
+               key_digest  BLOB PRIMARY KEY NOT NULL CHECK (length(key_digest) = 32), \
+               namespace   TEXT NOT NULL, \
+               key_preview TEXT NOT NULL, \
+               fingerprint BLOB NOT NULL, \
+               state       INTEGER NOT NULL, \
+               token       INTEGER NOT NULL, \
+               outcome     INTEGER, \
+               output      BLOB, \
+               lease_until INTEGER, \
+               expires_at  INTEGER NOT NULL, \
+               created_at  INTEGER NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS {i} ON {t} (expires_at)",
+        ],
+    };
+
+    /// `{now}` is SQLite's clock, in milliseconds.
+    fn sql(table: &Table, template: &str) -> SqlStr {
+        table.sql(Self::QUOTING, &template.replace("{now}", NOW))
+    }
+
+    fn statements(table: &Table) -> Statements {
         Statements {
-            // Expired (-1) by the same `expires_at <= now` as the claim's upsert and the
-            // purge, whatever its type; else the milliseconds left, which cannot overflow
-            // (a positive minus a positive), for an integer; else NULL: SQLite stores what
-            // it is given, and text, a blob or a far REAL is a corrupt record.
-            read: sql("SELECT state, fingerprint, outcome, output, \
-                        CASE WHEN expires_at <= {now} THEN -1 \
-                             WHEN typeof(expires_at) = 'integer' THEN expires_at - {now} \
-                        END AS remaining_ms \
-                 FROM {t} WHERE key_digest = ?1"),
-            // Inserts a fresh record, or takes over an expired one; a live one is left
-            // alone (0 rows affected).
-            claim: sql(
+            claim: Self::sql(
+                table,
                 "INSERT INTO {t} (key_digest, namespace, key_preview, fingerprint, state, token, \
                                   outcome, output, lease_until, expires_at, created_at) \
                  VALUES (?1, ?2, ?3, ?4, 0, ?5, NULL, NULL, {now} + ?6, {now} + ?6, {now}) \
@@ -155,133 +184,20 @@ impl Statements {
                    expires_at = excluded.expires_at, created_at = excluded.created_at \
                  WHERE {t}.expires_at <= {now}",
             ),
-            renew: sql(
-                "UPDATE {t} SET lease_until = {now} + ?3, expires_at = {now} + ?3 \
-                 WHERE key_digest = ?1 AND token = ?2 AND state = 0",
-            ),
-            complete: sql(
-                "UPDATE {t} SET state = 1, outcome = ?3, output = ?4, lease_until = NULL, \
-                   expires_at = {now} + ?5 \
-                 WHERE key_digest = ?1 AND token = ?2 AND state = 0",
-            ),
-            completed: sql("SELECT 1 FROM {t} WHERE key_digest = ?1 AND token = ?2 AND state = 1"),
-            release: sql("DELETE FROM {t} WHERE key_digest = ?1 AND token = ?2 AND state = 0"),
-            purge: sql("DELETE FROM {t} WHERE rowid IN ( \
-                   SELECT rowid FROM {t} WHERE expires_at <= {now} LIMIT ?1)"),
-            create_table: sql("CREATE TABLE IF NOT EXISTS {t} ( \
-                   key_digest  BLOB PRIMARY KEY NOT NULL CHECK (length(key_digest) = 32), \
-                   namespace   TEXT NOT NULL, \
-                   key_preview TEXT NOT NULL, \
-                   fingerprint BLOB NOT NULL, \
-                   state       INTEGER NOT NULL, \
-                   token       INTEGER NOT NULL, \
-                   outcome     INTEGER, \
-                   output      BLOB, \
-                   lease_until INTEGER, \
-                   expires_at  INTEGER NOT NULL, \
-                   created_at  INTEGER NOT NULL)"),
-            create_index: sql("CREATE INDEX IF NOT EXISTS {i} ON {t} (expires_at)"),
-        }
-    }
-}
-
-impl SqliteStore {
-    /// A store on `pool`, in the table `idem_records`.
-    pub fn new(pool: SqlitePool) -> Self {
-        let table = Table::default();
-        SqliteStore {
-            order: Arc::default(),
-            sql: Arc::new(Statements::new(&table)),
-            pool,
-            table,
         }
     }
 
-    /// The same store in table `name` (an ASCII identifier; anything else is an error).
-    pub fn with_table(self, name: &str) -> Result<Self, Error> {
-        let table = Table::new(name)?;
-        Ok(SqliteStore {
-            order: Arc::new(Order::new(self.order.order())),
-            sql: Arc::new(Statements::new(&table)),
-            pool: self.pool,
-            table,
-        })
+    /// Whole milliseconds, rounded up (so a deadline never comes early) and at least 1.
+    fn duration(d: Duration) -> i64 {
+        millis(d)
     }
 
-    /// The same store with its claim's first statement fixed instead of learned from
-    /// recent claims (see [`ClaimOrder`]).
-    pub fn with_claim_order(self, order: ClaimOrder) -> Self {
-        SqliteStore {
-            order: Arc::new(Order::new(order)),
-            ..self
-        }
-    }
-
-    /// Creates the table and its expiry index if they are missing. Safe to call on every
-    /// start and from several connections or processes at once: it runs in a
-    /// `BEGIN IMMEDIATE` transaction, so concurrent migrations take turns (waiting up to
-    /// the pool's busy timeout).
-    pub async fn migrate(&self) -> Result<(), Error> {
-        let fail = |e| Error::Store(backend("migrate")(e));
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(fail)?;
-        sqlx::query(self.sql.create_table.clone())
-            .execute(&mut *tx)
-            .await
-            .map_err(fail)?;
-        sqlx::query(self.sql.create_index.clone())
-            .execute(&mut *tx)
-            .await
-            .map_err(fail)?;
-        tx.commit().await.map_err(fail)
-    }
-
-    /// The pool it runs on.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
-    /// The table it uses.
-    pub fn table(&self) -> &str {
-        self.table.name()
-    }
-}
-
-/// A lease or TTL as whole milliseconds, rounded up (so a deadline never comes early) and
-/// at least 1.
-fn millis(d: Duration) -> i64 {
-    // Whole microseconds (capped at about 100 years), plus one for a fraction of one.
-    let micros = found::micros(d) + i64::from(!d.subsec_nanos().is_multiple_of(1000));
-    (micros as u64).div_ceil(1000).max(1) as i64
-}
-
-fn token_value(token: Token) -> i64 {
-    token.get() as i64
-}
-
-impl SqliteStore {
-    /// Reads the record of `digest`, if there is one.
-    async fn read_on<'e>(
-        &self,
-        conn: impl SqliteExecutor<'e>,
-        digest: &[u8],
-    ) -> Result<Option<Found>, StoreError> {
-        let Some(row) = sqlx::query(self.sql.read.clone())
-            .bind(digest)
-            .fetch_optional(conn)
-            .await
-            .map_err(backend("claim"))?
-        else {
-            return Ok(None);
-        };
-        let read = |e| StoreError::backend("claim", e);
+    fn found(row: &SqliteRow) -> Result<Found, StoreError> {
+        let read = backend("claim");
         let remaining_ms: Option<i64> = row.try_get("remaining_ms").map_err(read)?;
         // Saturating: `i64::MAX` stays too far ahead (a corrupt record).
         let remaining_us = remaining_ms.map(|ms| ms.saturating_mul(1000));
-        Ok(Some(Found {
+        Ok(Found {
             state: row.try_get("state").map_err(read)?,
             fingerprint: row.try_get("fingerprint").map_err(read)?,
             outcome: row.try_get("outcome").map_err(read)?,
@@ -290,189 +206,98 @@ impl SqliteStore {
                 remaining_us,
                 "is neither past nor an integer (milliseconds since the Unix epoch)",
             )?,
-        }))
+        })
+    }
+
+    fn rows_affected(done: &SqliteQueryResult) -> u64 {
+        done.rows_affected()
     }
 
     /// The claim on one connection: a pool's for plain mode, the transaction's in
     /// transactional mode (where the insert makes the transaction the writer, so nothing
-    /// can change between it and the read). It reads first if `read`.
-    async fn claim_on(
-        &self,
+    /// can change between it and the read).
+    async fn claim(
+        store: &SqliteStore,
         conn: &mut SqliteConnection,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-        token: i64,
-        mut read: bool,
+        claim: NewClaim<'_>,
+        read_first: bool,
     ) -> Result<Claim, StoreError> {
-        let digest = &key.digest().as_bytes()[..];
-        let lease = millis(lease);
+        let digest = claim.digest();
+        let lease = millis(claim.lease);
+        let mut read = read_first;
         for _ in 0..CLAIM_ATTEMPTS {
             if read
-                && let Some(found) = self.read_on(&mut *conn, digest).await?
+                && let Some(found) = Self::read(conn, &store.sql.read, digest).await?
                 && found.live()
             {
                 return found.into_claim();
             }
             read = true;
             // Absent or expired: insert it, or take the expired record over.
-            let claimed = sqlx::query(self.sql.claim.clone())
+            let claimed = sqlx::query(store.sql.own.claim.clone())
                 .bind(digest)
-                .bind(key.namespace())
-                .bind(key.preview())
-                .bind(&fingerprint.as_bytes()[..])
-                .bind(token)
+                .bind(claim.key.namespace())
+                .bind(claim.key.preview())
+                .bind(&claim.fingerprint.as_bytes()[..])
+                .bind(claim.token)
                 .bind(lease)
                 .execute(&mut *conn)
                 .await
                 .map_err(backend("claim"))?;
             if claimed.rows_affected() == 1 {
-                return Ok(Claim::Claimed(Token::new(token as u64)));
+                return Ok(claim.claimed());
             }
             // Live, or made live by a concurrent claim in between: read it.
         }
-        Err(StoreError::backend(
-            "claim",
-            "the record kept changing under concurrent claims",
-        ))
+        Err(kept_changing())
     }
 
-    async fn renew_on<'e>(
-        &self,
-        conn: impl SqliteExecutor<'e>,
-        key: &Key,
-        token: Token,
-        lease: Duration,
-    ) -> Result<(), StoreError> {
-        let done = sqlx::query(self.sql.renew.clone())
-            .bind(&key.digest().as_bytes()[..])
-            .bind(token_value(token))
-            .bind(millis(lease))
-            .execute(conn)
-            .await
-            .map_err(backend("renew"))?;
-        fenced(done.rows_affected())
-    }
-
-    /// The fenced `UPDATE`; when it matches no claim of `token`'s, whether `token` already
-    /// completed the record (a retry after a lost reply: `Ok`, and the record stays as
-    /// first written).
-    async fn complete_on(
-        &self,
-        conn: &mut SqliteConnection,
-        key: &Key,
-        token: Token,
-        output: Output,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let digest = &key.digest().as_bytes()[..];
-        let done = sqlx::query(self.sql.complete.clone())
-            .bind(digest)
-            .bind(token_value(token))
-            .bind(found::outcome_code(output.outcome))
-            .bind(&output.bytes[..])
-            .bind(millis(ttl))
-            .execute(&mut *conn)
-            .await
-            .map_err(backend("complete"))?;
-        if done.rows_affected() == 1 {
-            return Ok(());
-        }
-        let completed = sqlx::query(self.sql.completed.clone())
-            .bind(digest)
-            .bind(token_value(token))
-            .fetch_optional(conn)
-            .await
-            .map_err(backend("complete"))?;
-        fenced(u64::from(completed.is_some()))
-    }
-
-    async fn release_on<'e>(
-        &self,
-        conn: impl SqliteExecutor<'e>,
-        key: &Key,
-        token: Token,
-    ) -> Result<(), StoreError> {
-        let done = sqlx::query(self.sql.release.clone())
-            .bind(&key.digest().as_bytes()[..])
-            .bind(token_value(token))
-            .execute(conn)
-            .await
-            .map_err(backend("release"))?;
-        fenced(done.rows_affected())
-    }
-}
-
-impl cancel::ReleaseAfter for SqliteStore {
-    type Conn = PoolConnection<Sqlite>;
-
-    async fn release_after(self, mut conn: Self::Conn, key: Key, token: Token) {
-        cancel::released(self.release_on(&mut *conn, &key, token).await)
-    }
-}
-
-#[async_trait]
-impl Store for SqliteStore {
-    async fn claim(
-        &self,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
+    async fn claim_in(
+        store: &SqliteStore,
+        tx: &mut Transaction<'_, sqlx::Sqlite>,
+        claim: NewClaim<'_>,
+        // Not settable per statement here: SQLite waits for the pool's busy timeout.
+        _wait: Duration,
     ) -> Result<Claim, StoreError> {
-        let conn = self.pool.acquire().await.map_err(backend("claim"))?;
-        let token = token::fresh();
-        let mut guard = ClaimConnection::new(self, key, Token::new(token as u64), conn);
-        let Some(conn) = guard.conn() else {
-            return Err(StoreError::backend("claim", "no connection"));
-        };
-        let read_first = self.order.read_first();
-        let claim = self
-            .claim_on(conn, key, fingerprint, lease, token, read_first)
-            .await;
-        guard.disarm();
-        self.order.learn(claim)
+        // In a `BEGIN IMMEDIATE` transaction the waiting already happened at `BEGIN` (for
+        // the pool's busy timeout) and this never blocks. In a deferred one, writing first
+        // makes the transaction a writer before it reads, if the claim is its first
+        // statement (a read first would pin a snapshot that cannot be upgraded).
+        let started = std::time::Instant::now();
+        let claimed = Self::claim(store, tx, claim, false).await;
+        match store.order.learn(claimed) {
+            Err(e) if is_busy(&e) => {
+                let waited = started.elapsed();
+                // Only on this error path: the pool's busy timeout, from the connection.
+                let busy_timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+                    .fetch_one(&mut **tx)
+                    .await
+                    .unwrap_or(0);
+                let busy_timeout = Duration::from_millis(busy_timeout.max(0) as u64);
+                Err(busy(e, waited, busy_timeout))
+            }
+            claimed => claimed,
+        }
     }
 
-    async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
-        self.renew_on(&self.pool, key, token, lease).await
+    async fn migrate(store: &SqliteStore) -> Result<(), Error> {
+        let fail = |e| Error::Store(backend("migrate")(e));
+        let mut tx = store
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(fail)?;
+        Self::create_schema(store, &mut tx).await.map_err(fail)?;
+        tx.commit().await.map_err(fail)
     }
+}
 
-    async fn complete(
-        &self,
-        key: &Key,
-        token: Token,
-        output: Output,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(backend("complete"))?;
-        self.complete_on(&mut conn, key, token, output, ttl).await
-    }
-
-    async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
-        self.release_on(&self.pool, key, token).await
-    }
-
-    fn release_on_drop(&self, key: &Key, token: Token) {
-        cancel::release_in_background(self, key, token);
-    }
-
-    /// [`MAX_ENCODED_LEN`](idem_core::codec::MAX_ENCODED_LEN) (64 MiB): below SQLite's
-    /// `SQLITE_MAX_LENGTH` (1,000,000,000 bytes), so the codec's limit is the one that binds.
-    fn max_output_len(&self) -> usize {
-        idem_core::codec::MAX_ENCODED_LEN
-    }
-
-    async fn purge_expired(&self) -> Result<u64, StoreError> {
-        purge::in_batches(|| async {
-            let done = sqlx::query(self.sql.purge.clone())
-                .bind(PURGE_BATCH)
-                .execute(&self.pool)
-                .await
-                .map_err(backend("purge"))?;
-            Ok(done.rows_affected())
-        })
-        .await
-    }
+/// A lease or TTL as whole milliseconds, rounded up (so a deadline never comes early) and
+/// at least 1.
+fn millis(d: Duration) -> i64 {
+    // Whole microseconds (capped at about 100 years), plus one for a fraction of one.
+    let micros = micros(d) + i64::from(!d.subsec_nanos().is_multiple_of(1000));
+    (micros as u64).div_ceil(1000).max(1) as i64
 }
 
 /// Whether a claim failed for want of SQLite's write lock (`SQLITE_BUSY`, 5, or an extended
@@ -512,61 +337,6 @@ fn busy(error: StoreError, waited: Duration, busy_timeout: Duration) -> StoreErr
     )
 }
 
-#[async_trait]
-impl<'c> TxStore<Transaction<'c, Sqlite>> for SqliteStore {
-    async fn claim_in(
-        &self,
-        tx: &mut Transaction<'c, Sqlite>,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-        // Not settable per statement here: SQLite waits for the pool's busy timeout.
-        _wait: Duration,
-    ) -> Result<Claim, StoreError> {
-        // In a `BEGIN IMMEDIATE` transaction the waiting already happened at `BEGIN` (for
-        // the pool's busy timeout) and this never blocks. In a deferred one, writing first
-        // makes the transaction a writer before it reads, if the claim is its first
-        // statement (a read first would pin a snapshot that cannot be upgraded).
-        let started = std::time::Instant::now();
-        let claim = self
-            .claim_on(tx, key, fingerprint, lease, token::fresh(), false)
-            .await;
-        match self.order.learn(claim) {
-            Err(e) if is_busy(&e) => {
-                let waited = started.elapsed();
-                // Only on this error path: the pool's busy timeout, from the connection.
-                let busy_timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
-                    .fetch_one(&mut **tx)
-                    .await
-                    .unwrap_or(0);
-                let busy_timeout = Duration::from_millis(busy_timeout.max(0) as u64);
-                Err(busy(e, waited, busy_timeout))
-            }
-            claim => claim,
-        }
-    }
-
-    async fn complete_in(
-        &self,
-        tx: &mut Transaction<'c, Sqlite>,
-        key: &Key,
-        token: Token,
-        output: Output,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        self.complete_on(tx, key, token, output, ttl).await
-    }
-
-    async fn release_in(
-        &self,
-        tx: &mut Transaction<'c, Sqlite>,
-        key: &Key,
-        token: Token,
-    ) -> Result<(), StoreError> {
-        self.release_on(&mut **tx, key, token).await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::millis;
@@ -581,7 +351,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "a measurement; prints timings"]
     async fn measure_cancel_safe_claim_cost() {
-        use super::SqliteStore;
+        use super::{Sqlite, SqliteStore};
+        use crate::claim::NewClaim;
+        use crate::dialect::Dialect;
         use crate::token;
         use idem_core::{Claim, Fingerprint, Key, Outcome, Output, Store};
         use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
@@ -616,9 +388,13 @@ mod tests {
         async fn unguarded(store: &SqliteStore, key: &Key, fp: Fingerprint) {
             let mut conn = store.pool.acquire().await.unwrap();
             let lease = Duration::from_secs(600);
-            let claim = store
-                .claim_on(&mut conn, key, &fp, lease, token::fresh(), true)
-                .await;
+            let claim = NewClaim {
+                key,
+                fingerprint: &fp,
+                lease,
+                token: token::fresh(),
+            };
+            let claim = Sqlite::claim(store, &mut conn, claim, true).await;
             assert!(matches!(claim, Ok(Claim::Completed(_))));
         }
         const N: u32 = 2000;

@@ -12,7 +12,7 @@ pub(crate) const DEFAULT_TABLE: &str = "idem_records";
     allow(dead_code)
 )]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Dialect {
+pub enum Quoting {
     /// `"name"`, folded to lower case as PostgreSQL folds an unquoted name, so that a table
     /// made by a version that did not quote (`MyTable` → `mytable`) is still the one used.
     Postgres,
@@ -22,12 +22,12 @@ pub(crate) enum Dialect {
     MySql,
 }
 
-impl Dialect {
+impl Quoting {
     fn quote(self, ident: &str) -> String {
         match self {
-            Dialect::Postgres => format!("\"{}\"", ident.to_ascii_lowercase()),
-            Dialect::Sqlite => format!("\"{ident}\""),
-            Dialect::MySql => format!("`{ident}`"),
+            Quoting::Postgres => format!("\"{}\"", ident.to_ascii_lowercase()),
+            Quoting::Sqlite => format!("\"{ident}\""),
+            Quoting::MySql => format!("`{ident}`"),
         }
     }
 }
@@ -37,7 +37,7 @@ impl Dialect {
 /// Statements quote it, so reserved words (`order`, `select`, `key`, …) work as names.
 // `Arc<str>`: cheap to clone with the store (onto a task, after a cancelled claim).
 #[derive(Clone, Debug)]
-pub(crate) struct Table(Arc<str>);
+pub struct Table(Arc<str>);
 
 impl Default for Table {
     fn default() -> Self {
@@ -63,14 +63,14 @@ impl Table {
 
     /// `template` with every `{t}` replaced by the quoted table name and every `{i}` by the
     /// quoted name of its expiry index (`<table>_expires_at`).
-    pub(crate) fn sql(&self, dialect: Dialect, template: &str) -> sqlx::SqlStr {
+    pub(crate) fn sql(&self, quoting: Quoting, template: &str) -> sqlx::SqlStr {
         use sqlx::SqlSafeStr;
         let index = format!("{}_expires_at", self.0);
         // Safe: the name was validated as a plain identifier above, and identifiers made of
         // ASCII letters, digits and underscores need no escaping inside quotes.
         let sql = template
-            .replace("{t}", &dialect.quote(&self.0))
-            .replace("{i}", &dialect.quote(&index));
+            .replace("{t}", &quoting.quote(&self.0))
+            .replace("{i}", &quoting.quote(&index));
         sqlx::AssertSqlSafe(sql).into_sql_str()
     }
 
@@ -113,17 +113,17 @@ mod tests {
         let t = Table::new("My_Table").unwrap();
         let template = "CREATE INDEX {i} ON {t} (x); DELETE FROM {t} WHERE {t}.x";
         assert_eq!(
-            t.sql(Dialect::Postgres, template).as_str(),
+            t.sql(Quoting::Postgres, template).as_str(),
             "CREATE INDEX \"my_table_expires_at\" ON \"my_table\" (x); \
              DELETE FROM \"my_table\" WHERE \"my_table\".x"
         );
         assert_eq!(
-            t.sql(Dialect::Sqlite, template).as_str(),
+            t.sql(Quoting::Sqlite, template).as_str(),
             "CREATE INDEX \"My_Table_expires_at\" ON \"My_Table\" (x); \
              DELETE FROM \"My_Table\" WHERE \"My_Table\".x"
         );
         assert_eq!(
-            t.sql(Dialect::MySql, template).as_str(),
+            t.sql(Quoting::MySql, template).as_str(),
             "CREATE INDEX `My_Table_expires_at` ON `My_Table` (x); \
              DELETE FROM `My_Table` WHERE `My_Table`.x"
         );

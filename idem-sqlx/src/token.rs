@@ -1,6 +1,7 @@
 //! Fencing tokens for SQL stores: random, so that a key claimed again after a release never
 //! gets a token an earlier owner might still hold.
 
+use idem_core::Token;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +22,11 @@ pub(crate) fn fresh() -> i64 {
         std::process::id(),
     ));
     (hash >> 1) as i64
+}
+
+/// A token as the `token` column holds it.
+pub(crate) fn value(token: Token) -> i64 {
+    token.get() as i64
 }
 
 #[cfg(test)]

@@ -1,0 +1,404 @@
+//! `SqlStore`: the store, written once for every SQL database; what differs is its
+//! [`Dialect`].
+
+use async_trait::async_trait;
+use idem_core::{Claim, Error, Fingerprint, Key, Output, Store, StoreError, Token, TxStore};
+use sqlx::pool::PoolConnection;
+use sqlx::{Database, Encode, Executor, Pool, SqlStr, Transaction, Type};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cancel::{self, ClaimConnection};
+use crate::claim::{CLAIM_ATTEMPTS, NewClaim};
+use crate::columns::outcome_code;
+use crate::dialect::{Conn, Dialect, Placeholders};
+use crate::error::backend;
+use crate::found::Found;
+use crate::order::{ClaimOrder, Order};
+use crate::purge::{self, PURGE_BATCH};
+use crate::statements::Statements;
+use crate::table::Table;
+use crate::token;
+
+/// Idempotency records in one table of a SQL database, through a sqlx pool: one store for
+/// every database, with a dialect (`D`: `Postgres`, `Sqlite` or `MySql`) for what differs.
+/// Use it by its aliases, `PgStore`, `SqliteStore` and `MySqlStore` (features `postgres`,
+/// `sqlite`, `mysql`), whose docs say what each database's claim costs and what its limits
+/// are.
+///
+/// Built from your pool; the table is created by [`migrate`](SqlStore::migrate). All times
+/// come from the database's clock. A claim is a read of the key and an insert of the claim,
+/// in the order its recent claims call for (see [`ClaimOrder`]); `complete`, `renew` and
+/// `release` are one fenced statement each, which acts only while the caller's token owns
+/// the record.
+pub struct SqlStore<D: Dialect> {
+    pub(crate) order: Arc<Order>,
+    pub(crate) pool: Pool<D::Database>,
+    pub(crate) table: Table,
+    pub(crate) sql: Arc<Statements<D>>,
+    /// The dialect's state (MySQL: what it learned of the server), shared by clones.
+    pub(crate) dialect: D,
+}
+
+impl<D: Dialect> Clone for SqlStore<D> {
+    fn clone(&self) -> Self {
+        SqlStore {
+            order: self.order.clone(),
+            pool: self.pool.clone(),
+            table: self.table.clone(),
+            sql: self.sql.clone(),
+            dialect: self.dialect.clone(),
+        }
+    }
+}
+
+impl<D: Dialect> SqlStore<D> {
+    /// A store on `pool`, in the table `idem_records`.
+    pub fn new(pool: Pool<D::Database>) -> Self {
+        let table = Table::default();
+        SqlStore {
+            order: Arc::default(),
+            sql: Arc::new(Statements::new(&table)),
+            pool,
+            table,
+            dialect: D::default(),
+        }
+    }
+
+    /// The same store in table `name` (an ASCII identifier; anything else is an error).
+    pub fn with_table(self, name: &str) -> Result<Self, Error> {
+        let table = Table::new(name)?;
+        Ok(SqlStore {
+            order: Arc::new(Order::new(self.order.order())),
+            sql: Arc::new(Statements::new(&table)),
+            pool: self.pool,
+            table,
+            dialect: self.dialect,
+        })
+    }
+
+    /// The same store with its claim's first statement fixed instead of learned from
+    /// recent claims (see [`ClaimOrder`]).
+    pub fn with_claim_order(self, order: ClaimOrder) -> Self {
+        SqlStore {
+            order: Arc::new(Order::new(order)),
+            ..self
+        }
+    }
+
+    /// Creates the table and its expiry index if they are missing. Safe to call on every
+    /// start and from several processes at once: PostgreSQL serializes it with an advisory
+    /// lock, SQLite with a `BEGIN IMMEDIATE` transaction (waiting up to the pool's busy
+    /// timeout), MySQL with a named lock (`GET_LOCK('idem-migrate:<table>')`).
+    pub async fn migrate(&self) -> Result<(), Error> {
+        D::migrate(self).await
+    }
+
+    /// The pool it runs on.
+    pub fn pool(&self) -> &Pool<D::Database> {
+        &self.pool
+    }
+
+    /// The table it uses.
+    pub fn table(&self) -> &str {
+        self.table.name()
+    }
+}
+
+/// A fenced statement touched the owner's row (1) or found it gone or taken over (0).
+fn fenced(rows: u64) -> Result<(), StoreError> {
+    if rows == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::LeaseLost)
+    }
+}
+
+/// What every dialect runs the same way, written once. A trait implemented for every
+/// dialect (rather than methods of `SqlStore`) so that the bounds saying its database can
+/// bind and run these statements are written once, on that impl: Rust does not carry such
+/// bounds along with `D: Dialect`, and would want them on every impl that uses them.
+pub trait Common: Dialect {
+    /// The record of `digest` by `read` (the dialect's plain or locking read), if any.
+    fn read(
+        conn: &mut Conn<Self>,
+        read: &SqlStr,
+        digest: &[u8],
+    ) -> impl Future<Output = Result<Option<Found>, StoreError>> + Send;
+
+    /// Runs the schema's statements, for the dialect's `migrate`.
+    fn create_schema(
+        store: &SqlStore<Self>,
+        conn: &mut Conn<Self>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// The fenced renewal of `token`'s lease.
+    fn renew_on(
+        store: &SqlStore<Self>,
+        conn: &mut Conn<Self>,
+        key: &Key,
+        token: Token,
+        lease: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The fenced `UPDATE`; when it matches no claim of `token`'s, whether `token` already
+    /// completed the record (a retry after a lost reply: `Ok`, and the record stays as
+    /// first written).
+    fn complete_on(
+        store: &SqlStore<Self>,
+        conn: &mut Conn<Self>,
+        key: &Key,
+        token: Token,
+        output: Output,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The fenced removal of `token`'s claim.
+    fn release_on(
+        store: &SqlStore<Self>,
+        conn: &mut Conn<Self>,
+        key: &Key,
+        token: Token,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// One batch of the purge: how many expired rows it deleted.
+    fn purge_batch(store: &SqlStore<Self>) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+impl<D: Dialect> Common for D
+where
+    for<'c> &'c mut Conn<D>: Executor<'c, Database = D::Database>,
+    <D::Database as Database>::Arguments: sqlx::IntoArguments<D::Database>,
+    for<'q> &'q [u8]: Encode<'q, D::Database> + Type<D::Database>,
+    for<'q> i64: Encode<'q, D::Database> + Type<D::Database>,
+    for<'q> i16: Encode<'q, D::Database> + Type<D::Database>,
+{
+    async fn read(
+        conn: &mut Conn<D>,
+        read: &SqlStr,
+        digest: &[u8],
+    ) -> Result<Option<Found>, StoreError> {
+        let row = sqlx::query(read.clone())
+            .bind(digest)
+            .fetch_optional(conn)
+            .await
+            .map_err(backend("claim"))?;
+        row.as_ref().map(D::found).transpose()
+    }
+
+    async fn create_schema(store: &SqlStore<D>, conn: &mut Conn<D>) -> Result<(), sqlx::Error> {
+        for statement in &store.sql.schema {
+            sqlx::query(statement.clone()).execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn renew_on(
+        store: &SqlStore<D>,
+        conn: &mut Conn<D>,
+        key: &Key,
+        token: Token,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        let (digest, token, lease) = (
+            &key.digest().as_bytes()[..],
+            token::value(token),
+            D::duration(lease),
+        );
+        let query = sqlx::query(store.sql.renew.clone());
+        let query = match D::PLACEHOLDERS {
+            Placeholders::Numbered => query.bind(digest).bind(token).bind(lease),
+            Placeholders::Positional => query.bind(lease).bind(lease).bind(digest).bind(token),
+        };
+        let done = query.execute(conn).await.map_err(backend("renew"))?;
+        fenced(D::rows_affected(&done))
+    }
+
+    async fn complete_on(
+        store: &SqlStore<D>,
+        conn: &mut Conn<D>,
+        key: &Key,
+        token: Token,
+        output: Output,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let (digest, token, outcome, bytes, ttl) = (
+            &key.digest().as_bytes()[..],
+            token::value(token),
+            outcome_code(output.outcome),
+            &output.bytes[..],
+            D::duration(ttl),
+        );
+        let query = sqlx::query(store.sql.complete.clone());
+        let query = match D::PLACEHOLDERS {
+            Placeholders::Numbered => query
+                .bind(digest)
+                .bind(token)
+                .bind(outcome)
+                .bind(bytes)
+                .bind(ttl),
+            Placeholders::Positional => query
+                .bind(outcome)
+                .bind(bytes)
+                .bind(ttl)
+                .bind(digest)
+                .bind(token),
+        };
+        let done = query
+            .execute(&mut *conn)
+            .await
+            .map_err(backend("complete"))?;
+        if D::rows_affected(&done) == 1 {
+            return Ok(());
+        }
+        let completed = sqlx::query(store.sql.completed.clone())
+            .bind(digest)
+            .bind(token)
+            .fetch_optional(conn)
+            .await
+            .map_err(backend("complete"))?;
+        fenced(u64::from(completed.is_some()))
+    }
+
+    async fn release_on(
+        store: &SqlStore<D>,
+        conn: &mut Conn<D>,
+        key: &Key,
+        token: Token,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(store.sql.release.clone())
+            .bind(&key.digest().as_bytes()[..])
+            .bind(token::value(token))
+            .execute(conn)
+            .await
+            .map_err(backend("release"))?;
+        fenced(D::rows_affected(&done))
+    }
+
+    async fn purge_batch(store: &SqlStore<D>) -> Result<u64, StoreError> {
+        let mut deadlocks = 0;
+        loop {
+            match sqlx::query(store.sql.purge.clone())
+                .bind(PURGE_BATCH)
+                .execute(&store.pool)
+                .await
+            {
+                Ok(done) => return Ok(D::rows_affected(&done)),
+                // MySQL: a claim taking over an expired row can deadlock with the range
+                // delete; the batch is rolled back whole, so running it again is safe.
+                Err(e) if D::is_deadlock(&e) && deadlocks < CLAIM_ATTEMPTS => deadlocks += 1,
+                Err(e) => return Err(backend("purge")(e)),
+            }
+        }
+    }
+}
+
+impl<D: Common> cancel::ReleaseAfter for SqlStore<D> {
+    type Conn = PoolConnection<D::Database>;
+
+    async fn release_after(self, mut conn: Self::Conn, key: Key, token: Token) {
+        cancel::released(D::release_on(&self, &mut conn, &key, token).await)
+    }
+}
+
+#[async_trait]
+impl<D: Common> Store for SqlStore<D> {
+    async fn claim(
+        &self,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let conn = self.pool.acquire().await.map_err(backend("claim"))?;
+        let claim = NewClaim {
+            key,
+            fingerprint,
+            lease,
+            token: token::fresh(),
+        };
+        let mut guard = ClaimConnection::new(self, key, Token::new(claim.token as u64), conn);
+        let Some(conn) = guard.conn() else {
+            return Err(StoreError::backend("claim", "no connection"));
+        };
+        let read_first = self.order.read_first();
+        let claimed = D::claim(self, conn, claim, read_first).await;
+        guard.disarm();
+        self.order.learn(claimed)
+    }
+
+    async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(backend("renew"))?;
+        D::renew_on(self, &mut conn, key, token, lease).await
+    }
+
+    async fn complete(
+        &self,
+        key: &Key,
+        token: Token,
+        output: Output,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(backend("complete"))?;
+        D::complete_on(self, &mut conn, key, token, output, ttl).await
+    }
+
+    async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(backend("release"))?;
+        D::release_on(self, &mut conn, key, token).await
+    }
+
+    fn release_on_drop(&self, key: &Key, token: Token) {
+        cancel::release_in_background(self, key, token);
+    }
+
+    /// What the database takes (see the store's docs): 64 MiB, the codec's limit, on
+    /// PostgreSQL and SQLite; MySQL's `max_allowed_packet` less 1 KiB.
+    fn max_output_len(&self) -> usize {
+        self.dialect.max_output_len()
+    }
+
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        purge::in_batches(|| D::purge_batch(self)).await
+    }
+}
+
+#[async_trait]
+impl<'c, D: Common> TxStore<Transaction<'c, D::Database>> for SqlStore<D> {
+    async fn claim_in(
+        &self,
+        tx: &mut Transaction<'c, D::Database>,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Claim, StoreError> {
+        let claim = NewClaim {
+            key,
+            fingerprint,
+            lease,
+            token: token::fresh(),
+        };
+        D::claim_in(self, tx, claim, wait).await
+    }
+
+    async fn complete_in(
+        &self,
+        tx: &mut Transaction<'c, D::Database>,
+        key: &Key,
+        token: Token,
+        output: Output,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        D::complete_on(self, tx, key, token, output, ttl).await
+    }
+
+    async fn release_in(
+        &self,
+        tx: &mut Transaction<'c, D::Database>,
+        key: &Key,
+        token: Token,
+    ) -> Result<(), StoreError> {
+        D::release_on(self, tx, key, token).await
+    }
+}
