@@ -65,13 +65,19 @@ pub use idem_core::{store_conformance_tests, testing};
 /// SQL stores (features `sqlite`, `postgres`, `mysql`), built from your sqlx pool.
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 pub mod sqlx {
-    pub use idem_sqlx::ClaimOrder;
+    #[cfg(feature = "mysql")]
+    pub use idem_sqlx::MySql;
     #[cfg(feature = "mysql")]
     pub use idem_sqlx::MySqlStore;
     #[cfg(feature = "postgres")]
     pub use idem_sqlx::PgStore;
+    #[cfg(feature = "postgres")]
+    pub use idem_sqlx::Postgres;
+    #[cfg(feature = "sqlite")]
+    pub use idem_sqlx::Sqlite;
     #[cfg(feature = "sqlite")]
     pub use idem_sqlx::SqliteStore;
+    pub use idem_sqlx::{ClaimOrder, SqlStore};
 }
 
 /// What `#[idempotent]` expands to. Not public API.
