@@ -66,15 +66,15 @@ pub use idem_core::{store_conformance_tests, testing};
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 pub mod sqlx {
     #[cfg(feature = "mysql")]
-    pub use idem_sqlx::MySql;
+    pub use idem_sqlx::MySqlDialect;
     #[cfg(feature = "mysql")]
     pub use idem_sqlx::MySqlStore;
     #[cfg(feature = "postgres")]
-    pub use idem_sqlx::PgStore;
+    pub use idem_sqlx::PgDialect;
     #[cfg(feature = "postgres")]
-    pub use idem_sqlx::Postgres;
+    pub use idem_sqlx::PgStore;
     #[cfg(feature = "sqlite")]
-    pub use idem_sqlx::Sqlite;
+    pub use idem_sqlx::SqliteDialect;
     #[cfg(feature = "sqlite")]
     pub use idem_sqlx::SqliteStore;
     pub use idem_sqlx::{ClaimOrder, SqlStore};

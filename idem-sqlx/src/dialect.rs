@@ -19,8 +19,8 @@ pub(crate) type Conn<D> = <<D as Dialect>::Database as Database>::Connection;
 /// cancel-safe claim, the learned claim order — is written once, in `store.rs`
 /// ([`Common`](crate::store::Common)).
 ///
-/// Not public (sealed): implemented by [`Postgres`](crate::Postgres), [`Sqlite`](crate::Sqlite) and
-/// [`MySql`](crate::MySql). A value of it is the store's per-database state (MySQL: the
+/// Not public (sealed): implemented by [`PgDialect`](crate::PgDialect), [`SqliteDialect`](crate::SqliteDialect) and
+/// [`MySqlDialect`](crate::MySqlDialect). A value of it is the store's per-database state (MySQL: the
 /// `max_allowed_packet` it learned), shared by the store's clones.
 pub trait Dialect: Clone + Default + Send + Sync + 'static {
     /// The sqlx database.

@@ -35,12 +35,12 @@ pub use store::SqlStore;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "postgres")]
-pub use postgres::{PgStore, Postgres};
+pub use postgres::{PgDialect, PgStore};
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "sqlite")]
-pub use sqlite::{Sqlite, SqliteStore};
+pub use sqlite::{SqliteDialect, SqliteStore};
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "mysql")]
-pub use mysql::{MySql, MySqlStore};
+pub use mysql::{MySqlDialect, MySqlStore};

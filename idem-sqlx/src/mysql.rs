@@ -98,13 +98,13 @@ use crate::table::{Quoting, Table};
 /// one to insert, so InnoDB picks all but one as victims (the same happens when two
 /// transactions take over the same expired record at once).
 #[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
-pub type MySqlStore = SqlStore<MySql>;
+pub type MySqlStore = SqlStore<MySqlDialect>;
 
 /// The MySQL/MariaDB dialect of [`SqlStore`]: see [`MySqlStore`]. It keeps the server's
 /// `max_allowed_packet` once read, shared by the store's clones.
 #[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
 #[derive(Clone, Debug, Default)]
-pub struct MySql {
+pub struct MySqlDialect {
     /// The server's `max_allowed_packet`, once read (0 until then).
     max_packet: Arc<AtomicUsize>,
 }
@@ -126,7 +126,7 @@ const READ: &str = "SELECT state, fingerprint, outcome, output, \
             ELSE TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) END AS remaining_us \
      FROM {t} WHERE key_digest = ?";
 
-impl Dialect for MySql {
+impl Dialect for MySqlDialect {
     type Database = sqlx::MySql;
     // Whole microseconds, for `INTERVAL ? MICROSECOND`.
     type Duration = i64;
@@ -325,7 +325,7 @@ impl Drop for LockedConnection {
     }
 }
 
-impl MySql {
+impl MySqlDialect {
     /// Reads `max_allowed_packet` from the server, once per store (and its clones).
     async fn learn_max_packet(&self, conn: &mut MySqlConnection) {
         if self.max_packet.load(Ordering::Relaxed) != 0 {
@@ -451,7 +451,7 @@ async fn claim_on(
             Mode::Plain { .. } => &store.sql.read,
             Mode::InTx => &store.sql.own.read_locked,
         };
-        let Some(found) = MySql::read(conn, read, digest).await? else {
+        let Some(found) = MySqlDialect::read(conn, read, digest).await? else {
             insert_first = true;
             continue;
         };

@@ -41,12 +41,12 @@ use crate::table::{Quoting, Table};
 ///
 /// [`with_claim_order`]: SqlStore::with_claim_order
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-pub type PgStore = SqlStore<Postgres>;
+pub type PgStore = SqlStore<PgDialect>;
 
 /// The PostgreSQL dialect of [`SqlStore`]: see [`PgStore`].
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Postgres;
+pub struct PgDialect;
 
 /// Its claim's writes.
 pub struct Statements {
@@ -54,7 +54,7 @@ pub struct Statements {
     take_over: SqlStr,
 }
 
-impl Dialect for Postgres {
+impl Dialect for PgDialect {
     type Database = sqlx::Postgres;
     // An interval: microsecond resolution.
     type Duration = Duration;

@@ -107,12 +107,12 @@ const NOW: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS IN
 /// share keys (the same `name = ...`). A transaction that waits for a plain-mode call in
 /// progress holds the write lock that call needs to finish.
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
-pub type SqliteStore = SqlStore<Sqlite>;
+pub type SqliteStore = SqlStore<SqliteDialect>;
 
 /// The SQLite dialect of [`SqlStore`]: see [`SqliteStore`].
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Sqlite;
+pub struct SqliteDialect;
 
 /// Its claim's write.
 pub struct Statements {
@@ -121,7 +121,7 @@ pub struct Statements {
     claim: SqlStr,
 }
 
-impl Dialect for Sqlite {
+impl Dialect for SqliteDialect {
     type Database = sqlx::Sqlite;
     // Whole milliseconds, as its deadlines are.
     type Duration = i64;
@@ -351,7 +351,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "a measurement; prints timings"]
     async fn measure_cancel_safe_claim_cost() {
-        use super::{Sqlite, SqliteStore};
+        use super::{SqliteDialect, SqliteStore};
         use crate::claim::NewClaim;
         use crate::dialect::Dialect;
         use crate::token;
@@ -394,7 +394,7 @@ mod tests {
                 lease,
                 token: token::fresh(),
             };
-            let claim = Sqlite::claim(store, &mut conn, claim, true).await;
+            let claim = SqliteDialect::claim(store, &mut conn, claim, true).await;
             assert!(matches!(claim, Ok(Claim::Completed(_))));
         }
         const N: u32 = 2000;
