@@ -126,7 +126,7 @@ async fn corrupt_columns_are_errors_not_panics() {
     .await;
 }
 
-use idem_core::{Claim, Fingerprint, Key, Store, StoreError, Token, TxStore};
+use idem_core::{Claim, Fingerprint, Key, Store, StoreError, TxStore};
 use std::time::Duration;
 
 /// Runs `sql` (built from a test table name) on `pool`; returns the rows it changed.
@@ -159,49 +159,8 @@ async fn complete_is_idempotent_for_its_owner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn complete_in_is_idempotent_for_its_owner() {
     with_store(|store| async move {
-        let (key, fp) = (
-            Key::new("tx", "twice").unwrap(),
-            Fingerprint::from_bytes([1; 32]),
-        );
-        let mut tx = store.pool().begin().await.unwrap();
-        let Claim::Claimed(token) = store
-            .claim_in(
-                &mut tx,
-                &key,
-                &fp,
-                support::LONG_LEASE,
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap()
-        else {
-            panic!("fresh key")
-        };
-        let first = support::output(&b"\x01first"[..]);
-        for bytes in [&b"\x01first"[..], &b"\x01second"[..]] {
-            store
-                .complete_in(
-                    &mut tx,
-                    &key,
-                    token,
-                    support::output(bytes),
-                    support::LONG_LEASE,
-                )
-                .await
-                .expect("complete_in again with the owner's token is Ok");
-        }
-        let other = Token::new(token.get() ^ 1);
-        let refused = store
-            .complete_in(&mut tx, &key, other, first.clone(), support::LONG_LEASE)
-            .await;
-        assert!(matches!(refused, Err(StoreError::LeaseLost)), "{refused:?}");
-        let released = store.release_in(&mut tx, &key, token).await;
-        assert!(
-            matches!(released, Err(StoreError::LeaseLost)),
-            "{released:?}"
-        );
-        tx.commit().await.unwrap();
-        assert_eq!(support::replayed(&*store, &key, &fp).await, first);
+        let tx = store.pool().begin().await.unwrap();
+        support::complete_in_is_idempotent_for_its_owner(&*store, tx).await;
     })
     .await;
 }

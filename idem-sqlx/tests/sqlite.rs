@@ -487,7 +487,7 @@ fn digest_hex(key: &Key) -> String {
         .collect()
 }
 
-use idem_core::{Token, TxStore};
+use idem_core::TxStore;
 
 /// Item 5 of issue 8: a retry of `complete` after a lost reply is `Ok`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -502,34 +502,8 @@ async fn complete_is_idempotent_for_its_owner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn complete_in_is_idempotent_for_its_owner() {
     with_store(|store, _| async move {
-        let (key, fp) = (key("tx twice"), fingerprint(1));
-        let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
-        let Claim::Claimed(token) = store
-            .claim_in(&mut tx, &key, &fp, LONG, Duration::from_secs(5))
-            .await
-            .unwrap()
-        else {
-            panic!("fresh key")
-        };
-        let first = support::output(&b"\x01first"[..]);
-        for bytes in [&b"\x01first"[..], &b"\x01second"[..]] {
-            store
-                .complete_in(&mut tx, &key, token, support::output(bytes), LONG)
-                .await
-                .expect("complete_in again with the owner's token is Ok");
-        }
-        let other = Token::new(token.get() ^ 1);
-        let refused = store
-            .complete_in(&mut tx, &key, other, first.clone(), LONG)
-            .await;
-        assert!(matches!(refused, Err(StoreError::LeaseLost)), "{refused:?}");
-        let released = store.release_in(&mut tx, &key, token).await;
-        assert!(
-            matches!(released, Err(StoreError::LeaseLost)),
-            "{released:?}"
-        );
-        tx.commit().await.unwrap();
-        assert_eq!(support::replayed(&*store, &key, &fp).await, first);
+        let tx = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+        support::complete_in_is_idempotent_for_its_owner(&*store, tx).await;
     })
     .await;
 }

@@ -251,6 +251,48 @@ pub async fn replayed<S: Store + ?Sized>(store: &S, key: &Key, fp: &Fingerprint)
     }
 }
 
+/// `complete_in` twice with the owner's token inside the transaction `tx` is `Ok` and
+/// keeps the first output; another token and a release after completion are refused; the
+/// record replays after the commit.
+pub async fn complete_in_is_idempotent_for_its_owner<DB, S>(
+    store: &S,
+    mut tx: sqlx::Transaction<'static, DB>,
+) where
+    DB: sqlx::Database,
+    S: idem_core::TxStore<sqlx::Transaction<'static, DB>> + ?Sized,
+{
+    let (key, fp) = (
+        Key::new("tx", &unique_table("twice")).unwrap(),
+        Fingerprint::from_bytes([1; 32]),
+    );
+    let Claim::Claimed(token) = store
+        .claim_in(&mut tx, &key, &fp, LONG_LEASE, Duration::from_secs(5))
+        .await
+        .unwrap()
+    else {
+        panic!("fresh key")
+    };
+    let first = output(&b"\x01first"[..]);
+    for bytes in [&b"\x01first"[..], &b"\x01second"[..]] {
+        store
+            .complete_in(&mut tx, &key, token, output(bytes), LONG_LEASE)
+            .await
+            .expect("complete_in again with the owner's token is Ok");
+    }
+    let other = Token::new(token.get() ^ 1);
+    let refused = store
+        .complete_in(&mut tx, &key, other, first.clone(), LONG_LEASE)
+        .await;
+    assert!(matches!(refused, Err(StoreError::LeaseLost)), "{refused:?}");
+    let released = store.release_in(&mut tx, &key, token).await;
+    assert!(
+        matches!(released, Err(StoreError::LeaseLost)),
+        "{released:?}"
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(replayed(store, &key, &fp).await, first);
+}
+
 /// Claim, renew, complete, replay, release and purge on `store` (a table with an unusual
 /// name): every statement the store sends.
 pub async fn exercise<S: Store + ?Sized>(store: &S) {
