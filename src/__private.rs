@@ -4,11 +4,10 @@ pub use core::concat;
 pub use core::module_path;
 pub use core::result::Result;
 pub use core::time::Duration;
-pub use idem_core::codec::{Bincode, ShapeCell};
-pub use idem_core::{
-    CacheErrors, CacheIf, Codec, DefaultStore, Error, FingerprintBuilder, Key, OnConflict, Options,
-    Release, Store, TxStart, ValueCodec, execute, tx_finish, tx_start,
-};
+pub use idem_core::__private::{DefaultStore, ShapeCell, execute, execute_in_tx};
+pub use idem_core::codec::{Bincode, Codec};
+pub use idem_core::protocol::{CacheErrors, CacheIf, Idempotent, Release, ValueCodec};
+pub use idem_core::{Error, FingerprintBuilder, Key, OnConflict, Options, Store};
 
 /// Splits a function's return type into its `Ok` and `Err` types.
 #[diagnostic::on_unimplemented(

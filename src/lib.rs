@@ -34,9 +34,8 @@
 #[cfg(feature = "moka")]
 pub use idem_core::MemoryStore;
 pub use idem_core::{
-    Claim, Codec, CodecError, Error, Fingerprint, IntoKey, Key, KeyDigest, KeyWriter, Options,
-    Outcome, Output, Record, Store, StoreError, Token, TxStore, purge_periodically, run_in_tx,
-    set_default_store,
+    CodecError, Error, Fingerprint, FingerprintBuilder, IntoKey, Key, KeyWriter, OnConflict,
+    Options, Store, StoreError, TxStore, purge_periodically, run_in_tx, set_default_store,
 };
 #[doc = include_str!("docs/idempotent.md")]
 pub use idem_macros::idempotent;
@@ -50,13 +49,13 @@ pub mod codec {
     pub use idem_core::codec::{Bincode, Codec, decode, encode};
 }
 
-/// The protocol without the macro, for stores and adapters.
-pub mod protocol {
-    pub use idem_core::{
-        Busy, CacheErrors, CacheIf, ErrorPolicy, FingerprintBuilder, OnConflict, Release, Waiter,
-        execute,
-    };
-}
+pub use idem_core::{protocol, store};
+
+// Paths of earlier releases, for code written against them; new code names the module.
+#[doc(hidden)]
+pub use idem_core::codec::Codec;
+#[doc(hidden)]
+pub use idem_core::store::{Claim, KeyDigest, Outcome, Output, Record, Token};
 
 /// The store conformance suite: every [`Store`] implementation should pass it.
 #[cfg(feature = "testing")]

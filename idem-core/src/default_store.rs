@@ -4,8 +4,6 @@ use async_trait::async_trait;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-#[cfg(feature = "moka")]
-use crate::MemoryStore;
 use crate::store::{Claim, Output, Store, Token};
 use crate::{Fingerprint, Key, StoreError};
 
@@ -78,10 +76,5 @@ impl Store for DefaultStore {
         self.get().map_or(crate::codec::MAX_ENCODED_LEN, |store| {
             store.max_output_len()
         })
-    }
-
-    #[cfg(feature = "moka")]
-    fn as_memory(&self) -> Option<&MemoryStore> {
-        self.get().ok()?.as_memory()
     }
 }

@@ -1,5 +1,5 @@
 //! The runtime of [idem](https://docs.rs/idem): keys, fingerprints, codecs, the [`Store`]
-//! trait, the exactly-once protocol ([`execute`]) and the in-memory store.
+//! trait, the exactly-once protocol ([`protocol`]) and the in-memory store.
 //!
 //! Applications use it through the `idem` crate and its `#[idempotent]` attribute.
 
@@ -9,29 +9,43 @@
 pub mod codec;
 mod default_store;
 mod error;
-mod executor;
+mod error_policy;
 mod fingerprint;
 mod key;
 #[cfg(feature = "moka")]
 mod memory;
 mod observe;
-mod policy;
+mod options;
+pub mod protocol;
 mod purge;
 pub mod shape;
-mod store;
+pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
-mod tx;
+mod tx_store;
+mod value_codec;
 
-pub use codec::Codec;
-pub use default_store::{DefaultStore, set_default_store};
+// What an application uses.
+pub use default_store::set_default_store;
 pub use error::{CodecError, Error, StoreError};
-pub use executor::execute;
 pub use fingerprint::{Fingerprint, FingerprintBuilder};
-pub use key::{IntoKey, Key, KeyDigest, KeyWriter};
+pub use key::{IntoKey, Key, KeyWriter};
 #[cfg(feature = "moka")]
 pub use memory::MemoryStore;
-pub use policy::{CacheErrors, CacheIf, ErrorPolicy, OnConflict, Options, Release, ValueCodec};
+pub use options::{OnConflict, Options};
+pub use protocol::tx::run_in_tx;
 pub use purge::purge_periodically;
-pub use store::{Busy, Claim, Outcome, Output, Record, Store, Token, Waiter};
-pub use tx::{TxCall, TxStart, TxStore, run_in_tx, tx_finish, tx_start};
+pub use store::Store;
+pub use tx_store::TxStore;
+
+// Until the store crates name these by their module.
+#[doc(hidden)]
+pub use store::{Busy, Claim, KeyDigest, Outcome, Output, Record, Token, Waiter};
+
+/// What the `#[idempotent]` expansion names (through `idem::__private`). Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::codec::ShapeCell;
+    pub use crate::default_store::DefaultStore;
+    pub use crate::protocol::expansion::{execute, execute_in_tx};
+}

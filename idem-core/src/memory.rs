@@ -204,8 +204,12 @@ impl MemoryStore {
             .map(|done| done.record.clone())
     }
 
-    /// [`Store::claim`], without a future: the executor calls it directly.
-    pub(crate) fn claim_now(&self, key: &Key, fingerprint: &Fingerprint, lease: Duration) -> Claim {
+    // The operations are synchronous (a read, or a few map operations under a stripe lock),
+    // so the future `#[async_trait]` boxes around each is a few bytes: calling them in
+    // place instead measured no faster (BENCHMARKS.md, "Store::as_memory").
+
+    /// [`Store::claim`]: never waits.
+    fn claim_now(&self, key: &Key, fingerprint: &Fingerprint, lease: Duration) -> Claim {
         let digest = key.digest();
         // A replay: one read, no lock.
         if let Some(record) = self.live_record(digest, Instant::now()) {
@@ -237,7 +241,7 @@ impl MemoryStore {
     }
 
     /// [`Store::complete`], without a future.
-    pub(crate) fn complete_now(
+    fn complete_now(
         &self,
         key: &Key,
         token: Token,
@@ -272,7 +276,7 @@ impl MemoryStore {
     }
 
     /// [`Store::release`], without a future.
-    pub(crate) fn release_now(&self, key: &Key, token: Token) -> Result<(), StoreError> {
+    fn release_now(&self, key: &Key, token: Token) -> Result<(), StoreError> {
         let mut claims = self.claims_of(key.digest());
         match claims.entry(*key.digest()) {
             Entry::Occupied(held) if held.get().token == token => {
@@ -362,9 +366,5 @@ impl Store for MemoryStore {
         }
         self.records.run_pending_tasks();
         Ok(purged)
-    }
-
-    fn as_memory(&self) -> Option<&MemoryStore> {
-        Some(self)
     }
 }

@@ -1,4 +1,7 @@
-//! The storage trait every backend implements, and the values it exchanges.
+//! For store implementors: the [`Store`] trait every backend implements, and the values it
+//! exchanges. A backend passes the conformance suite (`idem::testing`, feature `testing`);
+//! one that can keep records inside a database transaction also implements
+//! [`TxStore`](crate::TxStore).
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -8,8 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-#[cfg(feature = "moka")]
-use crate::MemoryStore;
+pub use crate::key::KeyDigest;
 use crate::{Fingerprint, Key, StoreError};
 
 /// Where idempotency records live.
@@ -68,15 +70,6 @@ pub trait Store: Send + Sync {
     /// the server (and may return a safe lower bound until they have).
     fn max_output_len(&self) -> usize {
         crate::codec::MAX_ENCODED_LEN
-    }
-
-    /// The built-in [`MemoryStore`], when this is one (or points to one): the executor then
-    /// awaits its futures in place instead of through the box `#[async_trait]` puts around
-    /// each call (over 1 KiB for a moka claim: a third of an in-memory replay's cost).
-    #[cfg(feature = "moka")]
-    #[doc(hidden)]
-    fn as_memory(&self) -> Option<&MemoryStore> {
-        None
     }
 }
 
@@ -244,11 +237,6 @@ macro_rules! forward_store {
 
             fn max_output_len(&self) -> usize {
                 (**self).max_output_len()
-            }
-
-            #[cfg(feature = "moka")]
-            fn as_memory(&self) -> Option<&MemoryStore> {
-                (**self).as_memory()
             }
 
             fn purge_expired<'life0, 'async_trait>(&'life0 self) -> Boxed<'async_trait, u64>

@@ -342,19 +342,12 @@ fn expand(
         Span::mixed_site().located_at(store_span)
     };
     let store_arg = Ident::new("__idem_store", Span::mixed_site().located_at(at_call));
+    // What the function does with its results, built once per call.
+    let spec = quote!(#private::Idempotent::with(__IDEM_OPTIONS, #output, #policy, #into_error));
     let execute = |body: TokenStream| {
         awaited_at(
             quote!(#private::execute),
-            quote! {
-                #store_arg,
-                #key_ident,
-                #fp_ident,
-                &__IDEM_OPTIONS,
-                #output,
-                #policy,
-                #into_error,
-                async #body,
-            },
+            quote!(#store_arg, #key_ident, #fp_ident, #spec, async #body,),
             at_call,
         )
     };
@@ -376,11 +369,8 @@ fn expand(
         Shape::Invalid => return None,
     };
     let call = if let Some(tx) = &options.tx {
-        // Transactional mode: claim on the transaction, run the body (which writes through
-        // the same transaction), record on it. The caller commits.
-        let claim = Ident::new("__idem_claim", Span::mixed_site());
-        let result = Ident::new("__idem_result", Span::mixed_site());
-        let codecs = Ident::new("__idem_codecs", Span::mixed_site());
+        // Transactional mode: claim on the transaction, run the body (an async closure over
+        // the transaction, which it writes through), record on it. The caller commits.
         let (into, from) = if alias {
             let conv = quote_spanned!(ret.span()=> <#ret as #private::IdemResult>);
             (quote!(#conv::into_result), quote!(#conv::from_result))
@@ -391,31 +381,17 @@ fn expand(
         // is reported once, at `store = ...`.
         let tx_ty = tx_type(&function, tx)?;
         let check = respan(quote!(#private::tx_store::<#tx_ty, _>), at_call);
-        let start = awaited_at(
-            quote!(#private::tx_start::<_, #tx_ty, _, _, _>),
+        let run = awaited_at(
+            quote!(#private::execute_in_tx::<_, #tx_ty, _, _, _, _, _>),
             quote! {
-                #store_arg, &mut *#tx, #key_ident, #fp_ident, &__IDEM_OPTIONS,
-                &#codecs.0, &#codecs.1, #codecs.2,
-            },
-            at_call,
-        );
-        let finish = awaited_at(
-            quote!(#private::tx_finish::<_, #tx_ty, _, _, _>),
-            quote! {
-                #store_arg, &mut *#tx, #claim, #result, &__IDEM_OPTIONS,
-                &#codecs.0, &#codecs.1, #codecs.2,
+                #store_arg, &mut *#tx, #key_ident, #fp_ident, #spec,
+                |#tx| async { (#into(async #body.await), #tx) },
             },
             at_call,
         );
         quote! {
             let #store_arg = #check(#store_arg);
-            let #codecs = (#output, #policy, #into_error);
-            let #claim = match #start {
-                #private::TxStart::Run(claim) => claim,
-                #private::TxStart::Done(result) => return #from(result),
-            };
-            let #result = #into(async #body.await);
-            #from(#finish)
+            #from(#run)
         }
     } else if alias {
         // `execute` takes and gives a `Result`: convert from and to the alias; the body's

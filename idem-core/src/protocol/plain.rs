@@ -1,0 +1,218 @@
+//! Plain mode: each step is its own store operation; a heartbeat renews the lease while the
+//! body runs, a failed record is retried, and a cancelled or panicking call releases.
+
+use futures_util::FutureExt;
+use futures_util::future::{Either, select};
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::Idempotent;
+use super::decide::{Acquired, Leave, Patience};
+use crate::error_policy::ErrorPolicy;
+use crate::observe::{self, CallOutcome};
+use crate::options::Options;
+use crate::store::{Claim, Output, Store, Token};
+use crate::{Fingerprint, Key, StoreError};
+
+/// The first pause before retrying a failed `complete`, doubling up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_millis(10);
+const MAX_RETRY: Duration = Duration::from_secs(1);
+
+impl<T, E, P: ErrorPolicy<E>> Idempotent<T, E, P> {
+    /// Runs `body` at most once per key: claims the key (or replays its record, or reports
+    /// a concurrent owner as the options say), runs the body while renewing the lease, and
+    /// records its result (its `Err` as the error policy says).
+    ///
+    /// A panic releases the claim and resumes; a dropped future asks the store to release
+    /// in the background. A record that cannot be written is retried while the lease
+    /// lasts; the body's result is returned either way.
+    pub async fn run<S, F>(
+        &self,
+        store: &S,
+        key: Key,
+        fingerprint: Fingerprint,
+        body: F,
+    ) -> Result<T, E>
+    where
+        S: Store + ?Sized,
+        F: Future<Output = Result<T, E>>,
+    {
+        let span = observe::span(self.options.namespace, key.digest());
+        let session = Session {
+            store,
+            key: &key,
+            options: &self.options,
+        };
+        self.run_plain(&session, &fingerprint, body)
+            .instrument(span)
+            .await
+    }
+
+    async fn run_plain<S, F>(
+        &self,
+        session: &Session<'_, S>,
+        fingerprint: &Fingerprint,
+        body: F,
+    ) -> Result<T, E>
+    where
+        S: Store + ?Sized,
+        F: Future<Output = Result<T, E>>,
+    {
+        let mut patience = Patience::new(&self.options);
+        let token = loop {
+            let claim = session.claim(fingerprint).await;
+            match self.settle(fingerprint, claim, &mut patience).await {
+                Ok(Some(Acquired::Owner(token))) => break token,
+                Ok(Some(Acquired::Replay(record))) => return self.replay(record),
+                Ok(None) => continue,
+                Err(e) => return self.failed(e),
+            }
+        };
+        let guard = ReleaseOnDrop {
+            session,
+            token: Some(token),
+        };
+        let result = AssertUnwindSafe(session.with_heartbeat(token, body))
+            .catch_unwind()
+            .await;
+        guard.disarm();
+        let result = match result {
+            Ok(result) => result,
+            Err(panic) => {
+                session.release(token).await;
+                self.outcome(CallOutcome::Panicked);
+                std::panic::resume_unwind(panic)
+            }
+        };
+        match self.leave(&result, session.store.max_output_len()) {
+            Leave::Record(output) => {
+                session.record(token, output).await;
+                result
+            }
+            Leave::Release => {
+                session.release(token).await;
+                self.outcome(CallOutcome::Released);
+                result
+            }
+            Leave::Refuse(e) => {
+                session.release(token).await;
+                self.refused(e)
+            }
+        }
+    }
+}
+
+/// One call's store operations: its key on its store, with its options.
+struct Session<'a, S: ?Sized> {
+    store: &'a S,
+    key: &'a Key,
+    options: &'a Options,
+}
+
+impl<S: Store + ?Sized> Session<'_, S> {
+    async fn claim(&self, fingerprint: &Fingerprint) -> Result<Claim, StoreError> {
+        let lease = self.options.lease;
+        self.store.claim(self.key, fingerprint, lease).await
+    }
+
+    /// Runs the body while renewing the lease every third of it.
+    async fn with_heartbeat<F: Future>(&self, token: Token, body: F) -> F::Output {
+        let mut body = pin!(body);
+        // A body that finishes in its first poll never arms the heartbeat's timer.
+        if let Poll::Ready(output) = poll_fn(|cx| Poll::Ready(body.as_mut().poll(cx))).await {
+            return output;
+        }
+        let beat = pin!(self.heartbeat(token));
+        match select(body, beat).await {
+            Either::Left((output, _)) => output,
+            Either::Right((never, _)) => match never {},
+        }
+    }
+
+    async fn heartbeat(&self, token: Token) -> Infallible {
+        let lease = self.options.lease;
+        let period = (lease / 3).max(Duration::from_millis(1));
+        let mut lost = false;
+        loop {
+            tokio::time::sleep(period).await;
+            if lost {
+                continue;
+            }
+            match self.store.renew(self.key, token, lease).await {
+                Ok(()) => {}
+                Err(StoreError::LeaseLost) => {
+                    tracing::warn!(
+                        "lease lost while the body runs; its result will not be recorded"
+                    );
+                    lost = true;
+                }
+                Err(e) => observe::store_error(self.options.namespace, "renew", &e),
+            }
+        }
+    }
+
+    /// Records the output. A failure here does not undo the body, so the caller still gets
+    /// the body's result. `complete` is fenced and idempotent for its owner, so a failed one
+    /// is retried with backoff while the claim's lease lasts (the body just ended, and the
+    /// heartbeat renewed the lease at most a third of it ago); only a store unreachable for
+    /// that whole time leaves the key to run again after the lease.
+    async fn record(&self, token: Token, output: Output) {
+        let give_up = Instant::now() + self.options.lease;
+        let mut pause = FIRST_RETRY;
+        loop {
+            let error = match self.store.complete(self.key, token, output.clone(), self.options.ttl).await {
+                Ok(()) => return self.outcome(CallOutcome::Executed),
+                Err(StoreError::LeaseLost) => {
+                    tracing::warn!("lease lost: another call took the record over; not recorded");
+                    return self.outcome(CallOutcome::LeaseLost);
+                }
+                Err(e) => e,
+            };
+            observe::store_error(self.options.namespace, "complete", &error);
+            if Instant::now() + pause >= give_up {
+                return self.outcome(CallOutcome::StoreError);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_RETRY);
+        }
+    }
+
+    async fn release(&self, token: Token) {
+        match self.store.release(self.key, token).await {
+            Ok(()) => {}
+            Err(StoreError::LeaseLost) => self.outcome(CallOutcome::LeaseLost),
+            Err(e) => observe::store_error(self.options.namespace, "release", &e),
+        }
+    }
+
+    fn outcome(&self, outcome: CallOutcome) {
+        observe::record(self.options.namespace, outcome);
+    }
+}
+
+/// Releases the claim if the call's future is dropped before it finishes.
+struct ReleaseOnDrop<'a, S: Store + ?Sized> {
+    session: &'a Session<'a, S>,
+    token: Option<Token>,
+}
+
+impl<S: Store + ?Sized> ReleaseOnDrop<'_, S> {
+    fn disarm(mut self) {
+        self.token = None;
+    }
+}
+
+impl<S: Store + ?Sized> Drop for ReleaseOnDrop<'_, S> {
+    fn drop(&mut self) {
+        if let Some(token) = self.token.take() {
+            tracing::debug!("call cancelled; releasing its claim");
+            self.session.store.release_on_drop(self.session.key, token);
+        }
+    }
+}
