@@ -23,6 +23,10 @@ use serde::{Serialize, de::DeserializeOwned};
 use crate::error::CodecError;
 pub use crate::shape::{Shape, ShapeCell};
 
+/// The error a [`Codec`] reports: its own error type, boxed (it becomes the
+/// [`source`](std::error::Error::source) of the [`CodecError`] a caller sees).
+pub type CodecFailure = Box<dyn std::error::Error + Send + Sync>;
+
 /// Encoded values larger than this are refused, and a corrupt length prefix can never make
 /// a decoder allocate more.
 pub const MAX_ENCODED_LEN: usize = 64 << 20;
@@ -51,10 +55,11 @@ pub trait Codec: Send + Sync + 'static {
     const HUMAN_READABLE: bool;
 
     /// Appends the encoding of `value` to `out`.
-    fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), String>;
+    fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>)
+    -> Result<(), CodecFailure>;
 
     /// Decodes a whole value from `bytes` (trailing bytes are an error).
-    fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String>;
+    fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecFailure>;
 }
 
 /// Encodes `value` with codec `C`, header first (the shape of `T` from the global cache;
@@ -83,7 +88,7 @@ pub fn encode_shaped<C: Codec, T: Serialize + ?Sized>(
     out.push(C::TAG);
     out.extend(shape.to_bytes());
     C::encode_into(value, &mut out)
-        .map_err(|e| CodecError::new(C::NAME, "encode the output", e))?;
+        .map_err(|e| CodecError::with_source(C::NAME, "encode the output", e))?;
     out.extend(crc32fast::hash(&out).to_le_bytes());
     if out.len() > MAX_ENCODED_LEN {
         return Err(CodecError::new(
@@ -105,13 +110,16 @@ pub fn decode_shaped<C: Codec, T: DeserializeOwned>(
 ) -> Result<T, CodecError> {
     let payload = open(bytes, C::TAG, shape).map_err(|refusal| refusal.error(C::NAME))?;
     C::decode(payload).map_err(|e| {
-        let hint = if C::SELF_DESCRIBING {
-            ""
+        let error = CodecError::with_source(C::NAME, DECODE, e);
+        if C::SELF_DESCRIBING {
+            error
         } else {
-            " (if the type needs `deserialize_any` — serde_json::Value, #[serde(untagged)], \
-             #[serde(flatten)] — use the JSON codec: feature `json`, `codec = idem::codec::Json`)"
-        };
-        CodecError::new(C::NAME, DECODE, format!("{e}{hint}"))
+            error.note(
+                "(if the type needs `deserialize_any` — serde_json::Value, #[serde(untagged)], \
+                 #[serde(flatten)] — use the JSON codec: feature `json`, \
+                 `codec = idem::codec::Json`)",
+            )
+        }
     })
 }
 
@@ -226,17 +234,18 @@ impl Codec for Bincode {
     const SELF_DESCRIBING: bool = false;
     const HUMAN_READABLE: bool = false;
 
-    fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
-        bincode::serde::encode_into_std_write(value, out, bincode_config())
-            .map(drop)
-            .map_err(|e| e.to_string())
+    fn encode_into<T: Serialize + ?Sized>(
+        value: &T,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecFailure> {
+        bincode::serde::encode_into_std_write(value, out, bincode_config())?;
+        Ok(())
     }
 
-    fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-        let (value, read) = bincode::serde::decode_from_slice(bytes, bincode_config())
-            .map_err(|e| e.to_string())?;
+    fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecFailure> {
+        let (value, read) = bincode::serde::decode_from_slice(bytes, bincode_config())?;
         if read != bytes.len() {
-            return Err(format!("{} trailing bytes", bytes.len() - read));
+            return Err(format!("{} trailing bytes", bytes.len() - read).into());
         }
         Ok(value)
     }
@@ -253,16 +262,18 @@ impl Codec for Postcard {
     const SELF_DESCRIBING: bool = false;
     const HUMAN_READABLE: bool = false;
 
-    fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
-        let encoded = postcard::to_extend(value, std::mem::take(out)).map_err(|e| e.to_string())?;
-        *out = encoded;
+    fn encode_into<T: Serialize + ?Sized>(
+        value: &T,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecFailure> {
+        *out = postcard::to_extend(value, std::mem::take(out))?;
         Ok(())
     }
 
-    fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-        let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| e.to_string())?;
+    fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecFailure> {
+        let (value, rest) = postcard::take_from_bytes(bytes)?;
         if !rest.is_empty() {
-            return Err(format!("{} trailing bytes", rest.len()));
+            return Err(format!("{} trailing bytes", rest.len()).into());
         }
         Ok(value)
     }
@@ -280,12 +291,15 @@ impl Codec for Json {
     const SELF_DESCRIBING: bool = true;
     const HUMAN_READABLE: bool = true;
 
-    fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
-        serde_json::to_writer(out, value).map_err(|e| e.to_string())
+    fn encode_into<T: Serialize + ?Sized>(
+        value: &T,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecFailure> {
+        Ok(serde_json::to_writer(out, value)?)
     }
 
-    fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecFailure> {
+        Ok(serde_json::from_slice(bytes)?)
     }
 }
 
@@ -378,5 +392,61 @@ mod tests {
         let bytes = encode::<Bincode, _>(&value).unwrap();
         let err = decode::<Bincode, serde_json::Value>(&bytes).unwrap_err();
         assert!(err.to_string().contains("JSON codec"), "{err}");
+    }
+
+    #[test]
+    fn the_codecs_error_is_the_source() {
+        use std::error::Error as _;
+        let err =
+            decode::<Bincode, String>(&sealed::<String>(Bincode::TAG, &[0xff, 0xff])).unwrap_err();
+        let source = err.source().expect("the codec's error is the source");
+        assert!(
+            source
+                .downcast_ref::<bincode::error::DecodeError>()
+                .is_some(),
+            "{source:?}"
+        );
+        // The message still says it all: codec, action, the source's message, the hint.
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "bincode could not decode the recorded output: {source} (if the type needs \
+                 `deserialize_any` — serde_json::Value, #[serde(untagged)], #[serde(flatten)] \
+                 — use the JSON codec: feature `json`, `codec = idem::codec::Json`)"
+            )
+        );
+        let err = crate::Error::from(err);
+        assert!(err.source().is_some(), "through idem::Error too");
+        // A refusal of the record's header has no underlying error.
+        let err = decode::<Bincode, u8>(&[]).unwrap_err();
+        assert!(err.source().is_none());
+        assert_eq!(
+            err.to_string(),
+            "bincode could not decode the recorded output: the record is empty"
+        );
+    }
+
+    #[test]
+    fn a_serialize_impls_error_is_the_source() {
+        use std::error::Error as _;
+        struct Refuses;
+        impl Serialize for Refuses {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("no, thanks"))
+            }
+        }
+        let err = encode_shaped::<Bincode, _>(&Refuses, Shape::of::<u8>(false)).unwrap_err();
+        let source = err.source().expect("bincode's error is the source");
+        assert!(source.to_string().contains("no, thanks"), "{source}");
+        assert_eq!(
+            err.to_string(),
+            format!("bincode could not encode the output: {source}")
+        );
+        let err = crate::Fingerprint::of(&Refuses).unwrap_err();
+        assert_eq!(err.source().unwrap().to_string(), "no, thanks");
+        assert_eq!(
+            err.to_string(),
+            "fingerprint could not hash an argument: no, thanks"
+        );
     }
 }

@@ -183,9 +183,24 @@ impl KeyDigest {
         KeyDigest(bytes)
     }
 
-    /// The first 8 bytes in hex: enough to correlate logs, never the raw key.
-    pub fn short(&self) -> String {
-        hex(&self.0[..8])
+    /// The first 8 bytes in hex: enough to correlate logs, never the raw key. Formatted
+    /// only when displayed (nothing is allocated before), so every call's span can carry it.
+    pub fn short(&self) -> impl fmt::Display + use<> {
+        let mut prefix = [0; 8];
+        prefix.copy_from_slice(&self.0[..8]);
+        ShortDigest(prefix)
+    }
+}
+
+/// [`KeyDigest::short`]: the digest's first 8 bytes, displayed in hex.
+struct ShortDigest([u8; 8]);
+
+impl fmt::Display for ShortDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
     }
 }
 
@@ -451,6 +466,8 @@ mod tests {
         let key = Key::new("ns", &wide).unwrap();
         // Long Display values still hash whole.
         assert_ne!(digest(&u128::MAX), digest(&(u128::MAX - 1)));
-        assert_eq!(key.digest().short().len(), 16);
+        let short = key.digest().short().to_string();
+        assert_eq!(short, hex(&key.digest().as_bytes()[..8]));
+        assert_eq!(short.len(), 16);
     }
 }

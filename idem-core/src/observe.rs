@@ -1,7 +1,5 @@
 //! Tracing and metrics for each call: one span, one outcome.
 
-use std::fmt;
-
 use crate::KeyDigest;
 
 /// How a call ended, as recorded on its span and in metrics.
@@ -36,24 +34,13 @@ impl CallOutcome {
     }
 }
 
-/// Formats the digest prefix only if a subscriber records the field.
-pub(crate) struct ShortDigest<'a>(pub(crate) &'a KeyDigest);
-
-impl fmt::Display for ShortDigest<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in &self.0.as_bytes()[..8] {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
 /// The span of one call: function and short key digest, never the payload.
 pub(crate) fn span(function: &'static str, key: &KeyDigest) -> tracing::Span {
     tracing::info_span!(
         "idempotent",
         function,
-        key = %ShortDigest(key),
+        // Formatted only if a subscriber records the field.
+        key = %key.short(),
         outcome = tracing::field::Empty
     )
 }

@@ -58,8 +58,9 @@ pub(crate) trait ReleaseAfter: Store + Clone + 'static {
 /// connection runs its statements in order, so the release runs after whatever the claim
 /// left in flight there, and removes the claim if that statement wrote one (else it finds
 /// nothing). Costs nothing unless cancelled: no task, no channel. (Running the claim on a
-/// task of its own is cancel-safe too, but cost 12–20 µs more per SQLite replay here,
-/// 1.14–1.19×; see `measure_cancel_safe_claim_cost` in `sqlite.rs`.)
+/// task of its own is cancel-safe too, but the spawn and join cost a measurable share of
+/// the cheapest claim, an SQLite replay; `measure_cancel_safe_claim_cost` in `sqlite.rs`
+/// measures it, and BENCHMARKS.md has the figures.)
 pub(crate) struct ClaimConnection<'a, S: ReleaseAfter> {
     store: &'a S,
     key: &'a Key,

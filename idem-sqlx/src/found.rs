@@ -1,4 +1,6 @@
-//! What a claim's read found, in the same shape for every database.
+//! The row a claim read and what it means, in the same shape for every database: whether
+//! it is live (its `expires_at`, checked), and the claim outcome it stands for — or a
+//! corrupt record, never a panic.
 
 use bytes::Bytes;
 use idem_core::{Busy, Claim, Fingerprint, Outcome, Output, Record, StoreError};

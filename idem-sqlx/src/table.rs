@@ -1,6 +1,6 @@
 //! The table name: validated once, then spliced (quoted) into statements built once.
 
-use idem_core::{Error, StoreError};
+use idem_core::Error;
 use std::sync::Arc;
 
 /// The table a store uses unless told otherwise.
@@ -54,10 +54,10 @@ impl Table {
         if valid {
             Ok(Table(name.into()))
         } else {
-            Err(Error::Store(StoreError::Config(format!(
+            Err(Error::Config(format!(
                 "invalid table name {name:?}: use 1 to 48 ASCII letters, digits and underscores, \
                  not starting with a digit"
-            ))))
+            )))
         }
     }
 
@@ -101,10 +101,7 @@ mod tests {
             "a`",
             &long,
         ] {
-            assert!(
-                matches!(Table::new(bad), Err(Error::Store(StoreError::Config(_)))),
-                "{bad:?}"
-            );
+            assert!(matches!(Table::new(bad), Err(Error::Config(_))), "{bad:?}");
         }
     }
 

@@ -57,6 +57,12 @@ where
 }
 
 support::conformance!(store);
+support::tx_conformance!(store);
+
+/// Transactions for the transactional checks.
+fn transactions(store: &MySqlStore) -> Arc<support::Transactions<sqlx::MySql>> {
+    support::Transactions::new(store.pool())
+}
 
 /// A key no other test or run uses.
 fn new_key(what: &str) -> Key {
@@ -151,7 +157,7 @@ async fn invalid_table_names_are_refused() {
         assert!(
             matches!(
                 MySqlStore::new(pool.clone()).with_table(bad),
-                Err(Error::Store(StoreError::Config(_)))
+                Err(Error::Config(_))
             ),
             "{bad:?}"
         );
@@ -645,23 +651,11 @@ async fn measure_insert_ignore_vs_select() {
     exec(&pool, format!("DROP TABLE {table}")).await;
 }
 
-use idem_core::TxStore;
-
 /// Item 5 of issue 8: a retry of `complete` after a lost reply is `Ok`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn complete_is_idempotent_for_its_owner() {
     with_store(|store| async move {
         support::complete_is_idempotent_for_its_owner(&*store).await;
-    })
-    .await;
-}
-
-/// The same inside a transaction: `complete_in` twice with the owner's token.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn complete_in_is_idempotent_for_its_owner() {
-    with_store(|store| async move {
-        let tx = store.pool().begin().await.unwrap();
-        support::complete_in_is_idempotent_for_its_owner(&*store, tx).await;
     })
     .await;
 }
@@ -722,31 +716,6 @@ async fn reserved_words_as_table_names() {
             support::exercise(&store).await;
             exec(&pool, format!("DROP TABLE `{word}`")).await;
         }
-    })
-    .await;
-}
-
-/// Item 6: a plain claim blocked behind a transaction that holds the key's row, dropped by
-/// a timeout, leaves no claim once that transaction rolls back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claim_cancelled_in_flight_leaves_no_claim() {
-    with_store(|store| async move {
-        let key = new_key("cancelled");
-        let fp = fingerprint(6);
-        let mut tx = store.pool().begin().await.unwrap();
-        let claim = store
-            .claim_in(&mut tx, &key, &fp, LONG, Duration::from_secs(5))
-            .await
-            .unwrap();
-        assert!(matches!(claim, Claim::Claimed(_)), "{claim:?}");
-        let blocked =
-            tokio::time::timeout(Duration::from_millis(300), store.claim(&key, &fp, LONG)).await;
-        assert!(
-            blocked.is_err(),
-            "the claim should block behind the transaction: {blocked:?}"
-        );
-        tx.rollback().await.unwrap();
-        support::claimable_within_a_second(&*store, &key, "after the rollback").await;
     })
     .await;
 }

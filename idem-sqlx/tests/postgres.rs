@@ -36,6 +36,12 @@ where
 }
 
 support::conformance!(store);
+support::tx_conformance!(store);
+
+/// Transactions for the transactional checks.
+fn transactions(store: &PgStore) -> Arc<support::Transactions<sqlx::Postgres>> {
+    support::Transactions::new(store.pool())
+}
 
 #[tokio::test]
 async fn migrate_twice_and_concurrently() {
@@ -126,8 +132,7 @@ async fn corrupt_columns_are_errors_not_panics() {
     .await;
 }
 
-use idem_core::{Claim, Fingerprint, Key, Store, StoreError, TxStore};
-use std::time::Duration;
+use idem_core::{Claim, Fingerprint, Key, Store, StoreError};
 
 /// Runs `sql` (built from a test table name) on `pool`; returns the rows it changed.
 async fn exec(pool: &PgPool, sql: String) -> u64 {
@@ -151,16 +156,6 @@ fn hex(key: &Key) -> String {
 async fn complete_is_idempotent_for_its_owner() {
     with_store(|store| async move {
         support::complete_is_idempotent_for_its_owner(&*store).await;
-    })
-    .await;
-}
-
-/// The same inside a transaction: `complete_in` twice with the owner's token.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn complete_in_is_idempotent_for_its_owner() {
-    with_store(|store| async move {
-        let tx = store.pool().begin().await.unwrap();
-        support::complete_in_is_idempotent_for_its_owner(&*store, tx).await;
     })
     .await;
 }
@@ -280,40 +275,6 @@ async fn nul_bytes_in_keys_and_scopes() {
         .await
         .unwrap();
         assert_eq!(chars, 65);
-    })
-    .await;
-}
-
-/// Item 6: a plain claim blocked behind a transaction that holds the key's row, dropped by
-/// a timeout, leaves no claim once that transaction rolls back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claim_cancelled_in_flight_leaves_no_claim() {
-    with_store(|store| async move {
-        let key = Key::new("cancelled", "k").unwrap();
-        let fp = Fingerprint::from_bytes([6; 32]);
-        let mut tx = store.pool().begin().await.unwrap();
-        let claim = store
-            .claim_in(
-                &mut tx,
-                &key,
-                &fp,
-                support::LONG_LEASE,
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
-        assert!(matches!(claim, Claim::Claimed(_)), "{claim:?}");
-        let blocked = tokio::time::timeout(
-            Duration::from_millis(300),
-            store.claim(&key, &fp, support::LONG_LEASE),
-        )
-        .await;
-        assert!(
-            blocked.is_err(),
-            "the claim should block behind the transaction: {blocked:?}"
-        );
-        tx.rollback().await.unwrap();
-        support::claimable_within_a_second(&*store, &key, "after the rollback").await;
     })
     .await;
 }

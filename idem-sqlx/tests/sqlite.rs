@@ -79,6 +79,13 @@ where
 }
 
 support::conformance!(store, _);
+support::tx_conformance!(store, _);
+
+/// Transactions for the transactional checks: `BEGIN IMMEDIATE`, as transactional mode
+/// needs on SQLite.
+fn transactions(store: &SqliteStore) -> Arc<support::Transactions<sqlx::Sqlite>> {
+    support::Transactions::immediate(store.pool())
+}
 
 const NS: &str = "idem_sqlx::tests::sqlite";
 const LONG: Duration = Duration::from_secs(600);
@@ -160,7 +167,7 @@ async fn bad_table_names_are_refused() {
         "é",
     ] {
         match SqliteStore::new(pool.clone()).with_table(bad) {
-            Err(Error::Store(StoreError::Config(_))) => {}
+            Err(Error::Config(_)) => {}
             Err(e) => panic!("{bad:?}: wrong error {e:?}"),
             Ok(_) => panic!("{bad:?} was accepted as a table name"),
         }
@@ -498,16 +505,6 @@ async fn complete_is_idempotent_for_its_owner() {
     .await;
 }
 
-/// The same inside a transaction: `complete_in` twice with the owner's token.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn complete_in_is_idempotent_for_its_owner() {
-    with_store(|store, _| async move {
-        let tx = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
-        support::complete_in_is_idempotent_for_its_owner(&*store, tx).await;
-    })
-    .await;
-}
-
 /// Item 4: SQLite's limit (1,000,000,000 bytes) is above the codec's 64 MiB, which the
 /// store states, and an output of that size is recorded and replayed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -538,31 +535,6 @@ async fn reserved_words_as_table_names() {
             }
         })
         .await;
-    })
-    .await;
-}
-
-/// Item 6: a plain claim waiting for the write lock that a transaction holding the key
-/// took, dropped by a timeout, leaves no claim once that transaction rolls back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claim_cancelled_in_flight_leaves_no_claim() {
-    with_store(|store, _| async move {
-        let key = key("cancelled in flight");
-        let fp = fingerprint(6);
-        let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
-        let claim = store
-            .claim_in(&mut tx, &key, &fp, LONG, Duration::from_secs(5))
-            .await
-            .unwrap();
-        assert!(matches!(claim, Claim::Claimed(_)), "{claim:?}");
-        let blocked =
-            tokio::time::timeout(Duration::from_millis(300), store.claim(&key, &fp, LONG)).await;
-        assert!(
-            blocked.is_err(),
-            "the claim should wait for the write lock: {blocked:?}"
-        );
-        tx.rollback().await.unwrap();
-        support::claimable_within_a_second(&*store, &key, "after the rollback").await;
     })
     .await;
 }
@@ -651,19 +623,18 @@ async fn deferred_transaction_that_claims_first_waits_the_busy_timeout() {
 
 /// Item 9: a deferred transaction that read before its claim cannot become a writer while
 /// another holds the lock: the error says so and names `BEGIN IMMEDIATE` — not a wait
-/// timeout. With `BEGIN IMMEDIATE` the same race waits at `BEGIN` and replays.
+/// timeout. (With `BEGIN IMMEDIATE` the same race waits at `BEGIN` and replays: the
+/// conformance check `tx_duplicate_waits_for_the_first_transaction`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferred_transaction_that_read_first_is_told_to_begin_immediate() {
     with_store(|store, _| async move {
         let (key, fp) = (key("deferred read first"), fingerprint(3));
         let mut first = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
-        let Claim::Claimed(token) = store
+        let claim = store
             .claim_in(&mut first, &key, &fp, LONG, Duration::from_secs(5))
             .await
-            .unwrap()
-        else {
-            panic!("fresh key")
-        };
+            .unwrap();
+        assert!(matches!(claim, Claim::Claimed(_)), "{claim:?}");
         let mut deferred = store.pool().begin().await.unwrap();
         let count: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT count(*) FROM {}",
@@ -684,34 +655,7 @@ async fn deferred_transaction_that_read_first_is_told_to_begin_immediate() {
             other => panic!("a deferred transaction that read first: {other:?}"),
         }
         deferred.rollback().await.unwrap();
-
-        // The immediate case: waits at BEGIN, then replays the first call's record.
-        let recorded = support::output(&b"\x01v"[..]);
-        let second = tokio::spawn({
-            let (store, key) = (store.clone(), key.clone());
-            async move {
-                let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
-                let claim = store
-                    .claim_in(&mut tx, &key, &fp, LONG, Duration::from_secs(5))
-                    .await;
-                tx.rollback().await.unwrap();
-                claim
-            }
-        });
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(
-            !second.is_finished(),
-            "the second BEGIN IMMEDIATE should wait"
-        );
-        store
-            .complete_in(&mut first, &key, token, recorded.clone(), LONG)
-            .await
-            .unwrap();
-        first.commit().await.unwrap();
-        match second.await.unwrap() {
-            Ok(Claim::Completed(record)) => assert_eq!(record.output, recorded),
-            other => panic!("BEGIN IMMEDIATE after the first committed: {other:?}"),
-        }
+        first.rollback().await.unwrap();
     })
     .await;
 }

@@ -46,8 +46,9 @@
 //! Why this shape: the cost of hashing through serde is per value, not per byte. Small
 //! integers and short strings (field names) take one tag byte, so values take about as many
 //! bytes as in bincode (field names aside, which bincode leaves out; the amounts in
-//! `benches/fingerprint.rs` take 4 bytes here, 5 in bincode), and every write is a copy into a 128-byte buffer that SHA-256 only sees as whole blocks:
-//! a `Sha256::update` per tag costs more than the copy.
+//! `benches/fingerprint.rs` take 4 bytes here, 5 in bincode), and every write is a copy
+//! into a 128-byte buffer that SHA-256 only sees as whole blocks: a `Sha256::update` per
+//! tag costs more than the copy.
 //!
 //! Everything here — tags, integer forms, the domain prefix, the map order and its hash —
 //! is part of every fingerprint stored. Changing any of it changes fingerprints, so records
@@ -56,10 +57,10 @@
 //!
 //! # Why SHA-256
 //!
-//! Measured on the CPU we run on (AMD EPYC, Zen 4 class, with SHA instructions;
-//! `benches/fingerprint.rs`, BENCHMARKS.md): BLAKE3 is 1.27× faster at 64 B, SHA-256 1.74×
-//! faster at 1 KiB, BLAKE3 2.73× faster at 64 KiB. Requests are typically at most a few KiB,
-//! where SHA-256 is the faster or close; BLAKE3 would only pay off for large payloads.
+//! By measurement (`benches/fingerprint.rs`; the figures are in BENCHMARKS.md): on CPUs
+//! with SHA instructions, SHA-256 is the faster of the two or close to BLAKE3 at the sizes
+//! requests typically have (up to a few KiB); BLAKE3 only pays off for large payloads,
+//! where its SIMD parallelism wins.
 
 use serde::ser::{self, Serialize};
 use sha2::{Digest, Sha256};
@@ -154,7 +155,7 @@ impl FingerprintBuilder {
 }
 
 fn arg_error(e: HashError) -> CodecError {
-    CodecError::new("fingerprint", "hash an argument", e.0)
+    CodecError::with_source("fingerprint", "hash an argument", e)
 }
 
 /// Hashed before the arguments: names the encoding, which a new version must change.

@@ -5,6 +5,11 @@
 //! with [`store_conformance_tests!`](crate::store_conformance_tests), or check by check by
 //! calling the public functions below from its own tests.
 //!
+//! A store that also works inside its database's transactions ([`TxStore`](crate::TxStore))
+//! runs the transactional checks too (the `tx_…` functions), given a [`TxHarness`] that
+//! begins, commits and rolls back its transactions: [`run_all_tx`], or one test per check
+//! with [`tx_conformance_tests!`](crate::tx_conformance_tests).
+//!
 //! Every check makes its own keys (namespace `idem::testing::conformance`, key text unique
 //! per process, time and call), so checks can share one store — one SQL table — and run in
 //! parallel, in one process or in several. The checks use real time (short leases and TTLs
@@ -48,6 +53,7 @@ mod records;
 #[cfg(test)]
 mod reference;
 mod support;
+mod tx;
 mod waiters;
 
 pub use claims::*;
@@ -55,6 +61,7 @@ pub use expiry::*;
 pub use fencing::*;
 pub use records::*;
 use support::*;
+pub use tx::*;
 pub use waiters::*;
 
 /// Runs every check against `store`, one after another.
@@ -156,6 +163,58 @@ macro_rules! __conformance_checks {
             cancelled_claims_leave_nothing_behind,
             largest_output_round_trips,
             claims_survive_record_pressure,
+        );
+    };
+}
+
+/// Generates one `#[test]` per transactional check for a [`TxStore`](crate::TxStore).
+///
+/// The argument is an expression giving a pair: an `Arc` of the store and an `Arc` of its
+/// [`TxHarness`](crate::testing::TxHarness). Like
+/// [`store_conformance_tests!`](crate::store_conformance_tests), it is evaluated once per
+/// test inside that test's async body (so it may `.await`), and the tests go in a module,
+/// `tx_conformance` unless a name is given first.
+#[macro_export]
+macro_rules! tx_conformance_tests {
+    ($module:ident, $make:expr $(,)?) => {
+        #[allow(unused_imports)]
+        mod $module {
+            use super::*;
+            $crate::__tx_conformance_checks!(($crate::tx_conformance_tests) (@tests ($make)));
+        }
+    };
+    (@tests ($make:expr) $($check:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $check() {
+                $crate::testing::__block_on(async {
+                    let (store, transactions) = $make;
+                    $crate::testing::$check(&store, &transactions).await;
+                });
+            }
+        )*
+    };
+    ($make:expr $(,)?) => {
+        $crate::tx_conformance_tests!(tx_conformance, $make);
+    };
+}
+
+/// Invokes the macro `($callback)` with `$args` followed by the name of every transactional
+/// check: the one list that [`run_all_tx`] and every macro generating a test per check use.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __tx_conformance_checks {
+    (($($callback:tt)+) ($($args:tt)*)) => {
+        $($callback)+!($($args)*
+            tx_committed_claim_is_in_progress,
+            tx_committed_complete_replays,
+            tx_rollback_leaves_nothing,
+            tx_cancelled_plain_claim_leaves_nothing,
+            tx_release_leaves_nothing,
+            tx_complete_in_is_fenced,
+            tx_claim_in_reports_the_stored_fingerprint,
+            tx_duplicate_waits_for_the_first_transaction,
+            tx_claim_in_takes_over_expired_records,
         );
     };
 }

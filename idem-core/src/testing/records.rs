@@ -137,8 +137,8 @@ const PRESSURE_KEYS: usize = 2_000;
 
 /// An in-progress claim stays while many other records come and go: a store that bounds its
 /// size may forget completed records, never a claim whose body may still be running (else a
-/// duplicate runs the body again — and keys are often chosen by clients). [`PRESSURE_KEYS`]
-/// other keys are claimed and completed by 8 tasks; then the claim is still in progress with
+/// duplicate runs the body again — and keys are often chosen by clients). 2,000 other keys
+/// are claimed and completed by 8 tasks; then the claim is still in progress with
 /// its fingerprint, its owner completes it, and it replays.
 pub async fn claims_survive_record_pressure<S: Store + ?Sized + 'static>(store: &Arc<S>) {
     const CHECK: &str = "claims_survive_record_pressure";

@@ -2,9 +2,9 @@
 //! each deliberately broken variant of it fails the check meant to catch that bug.
 
 use super::*;
-use crate::{KeyDigest, Waiter};
+use crate::{KeyDigest, TxStore, Waiter};
 use async_trait::async_trait;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -37,11 +37,19 @@ enum Bug {
     OrphanOnCancel,
     EvictsClaims,
     OverstatesMaxOutput,
+    // The transactional side.
+    TxClaimNotCommitted,
+    TxCompleteNotCommitted,
+    TxRollbackCommits,
+    TxClaimWrongToken,
+    TxDoesNotWait,
+    PlainClaimIgnoresTx,
 }
 
 /// How many records the store keeps with [`Bug::EvictsClaims`].
 const EVICTING_CAPACITY: usize = 64;
 
+#[derive(Clone)]
 enum Slot {
     Claimed {
         token: Token,
@@ -64,10 +72,15 @@ impl Slot {
 }
 
 /// A mutex around a map; correct unless given a bug.
+///
+/// Transactions ([`RefTx`]) work on a copy of the map and write back the keys they changed
+/// when committed. They are serialized as SQLite serializes write transactions: one is
+/// open at a time (`open_tx`), and a plain claim waits for it.
 struct Reference {
     bug: Bug,
     next: AtomicU64,
     slots: Mutex<HashMap<KeyDigest, Slot>>,
+    open_tx: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Reference {
@@ -76,6 +89,7 @@ impl Reference {
             bug,
             next: AtomicU64::new(1),
             slots: Mutex::new(HashMap::new()),
+            open_tx: Arc::default(),
         })
     }
 
@@ -129,109 +143,78 @@ fn new_key_in(namespace: &'static str, text: &str) -> Key {
     key_in(namespace, text)
 }
 
-#[async_trait]
-impl Store for Reference {
-    async fn claim(
-        &self,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-    ) -> Result<Claim, StoreError> {
-        let index = self.index(key);
-        let now = Instant::now();
-        let live = |slot: &Slot| match slot {
+impl Reference {
+    /// Whether `slot` is live (counts for a claim) at `now`.
+    fn live(&self, slot: &Slot, now: Instant) -> bool {
+        match slot {
             Slot::Claimed { .. } if self.bug == Bug::ClaimIgnoresInProgress => false,
             Slot::Claimed { .. } if self.bug == Bug::LeaseNeverExpires => true,
             slot => slot.until() > now,
-        };
-        if self.bug == Bug::RacyClaim && !self.slots().get(&index).is_some_and(live) {
-            // Check, then act: another racer can claim in between.
-            tokio::task::yield_now().await;
-            let token = self.token(&index);
-            let slot = Slot::Claimed {
-                token,
-                fingerprint: *fingerprint,
-                until: now + lease,
-            };
-            self.slots().insert(index, slot);
-            return Ok(Claim::Claimed(token));
         }
-        let claim = {
-            let mut slots = self.slots();
-            match slots.get(&index) {
-                Some(slot @ Slot::Done { record, .. }) if live(slot) => {
-                    let mut record = record.clone();
-                    if self.bug == Bug::ReplayReportsCallerFingerprint {
-                        record.fingerprint = *fingerprint;
-                    }
-                    Ok(Claim::Completed(record))
-                }
-                Some(
-                    slot @ Slot::Claimed {
-                        fingerprint: owner,
-                        until,
-                        ..
-                    },
-                ) if live(slot) => Ok(Claim::InProgress(Busy {
-                    fingerprint: if self.bug == Bug::BusyReportsCallerFingerprint {
-                        *fingerprint
-                    } else {
-                        *owner
-                    },
-                    lease_remaining: Some(if self.bug == Bug::LeaseRemainingTooLong {
-                        until.saturating_duration_since(now) * 2
-                    } else {
-                        until.saturating_duration_since(now)
-                    }),
-                    waiter: match self.bug {
-                        Bug::WaiterReadyAtOnce => Some(Waiter::new(async {})),
-                        Bug::WaiterNeverWakes => Some(Waiter::new(std::future::pending())),
-                        _ => None,
-                    },
-                })),
-                _ => {
-                    let token = self.token(&index);
-                    let slot = Slot::Claimed {
-                        token,
-                        fingerprint: *fingerprint,
-                        until: now + lease,
-                    };
-                    self.insert(&mut slots, index, slot);
-                    Ok(Claim::Claimed(token))
-                }
-            }
-        };
-        if self.bug == Bug::OrphanOnCancel && matches!(claim, Ok(Claim::Claimed(_))) {
-            // Applied, and the answer is on its way: a cancellation now leaves the
-            // claim behind.
-            tokio::task::yield_now().await;
-        }
-        claim
     }
 
-    async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
-        let index = self.index(key);
-        let mut slots = self.slots();
-        if !self.owns(slots.get(&index), token, Bug::UnfencedRenew) {
-            return Err(StoreError::LeaseLost);
-        }
-        if let Some(Slot::Claimed { until, .. }) = slots.get_mut(&index)
-            && self.bug != Bug::RenewDoesNothing
-        {
-            *until = Instant::now() + lease;
-        }
-        Ok(())
-    }
-
-    async fn complete(
+    /// A claim of `index` in `slots` (the store's, or a transaction's copy).
+    fn claim_on(
         &self,
-        key: &Key,
+        slots: &mut HashMap<KeyDigest, Slot>,
+        index: KeyDigest,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Claim {
+        let now = Instant::now();
+        match slots.get(&index) {
+            Some(slot @ Slot::Done { record, .. }) if self.live(slot, now) => {
+                let mut record = record.clone();
+                if self.bug == Bug::ReplayReportsCallerFingerprint {
+                    record.fingerprint = *fingerprint;
+                }
+                Claim::Completed(record)
+            }
+            Some(
+                slot @ Slot::Claimed {
+                    fingerprint: owner,
+                    until,
+                    ..
+                },
+            ) if self.live(slot, now) => Claim::InProgress(Busy {
+                fingerprint: if self.bug == Bug::BusyReportsCallerFingerprint {
+                    *fingerprint
+                } else {
+                    *owner
+                },
+                lease_remaining: Some(if self.bug == Bug::LeaseRemainingTooLong {
+                    until.saturating_duration_since(now) * 2
+                } else {
+                    until.saturating_duration_since(now)
+                }),
+                waiter: match self.bug {
+                    Bug::WaiterReadyAtOnce => Some(Waiter::new(async {})),
+                    Bug::WaiterNeverWakes => Some(Waiter::new(std::future::pending())),
+                    _ => None,
+                },
+            }),
+            _ => {
+                let token = self.token(&index);
+                let slot = Slot::Claimed {
+                    token,
+                    fingerprint: *fingerprint,
+                    until: now + lease,
+                };
+                self.insert(slots, index, slot);
+                Claim::Claimed(token)
+            }
+        }
+    }
+
+    /// `complete` of `index` in `slots`.
+    fn complete_on(
+        &self,
+        slots: &mut HashMap<KeyDigest, Slot>,
+        index: KeyDigest,
         token: Token,
         mut output: Output,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let index = self.index(key);
-        let mut slots = self.slots();
         if self.bug == Bug::OverstatesMaxOutput && output.bytes.len() > 2 << 20 {
             return Err(StoreError::backend("complete", "packet too large"));
         }
@@ -273,7 +256,7 @@ impl Store for Reference {
         };
         let until = Instant::now() + ttl;
         self.insert(
-            &mut slots,
+            slots,
             index,
             Slot::Done {
                 token,
@@ -284,9 +267,13 @@ impl Store for Reference {
         Ok(())
     }
 
-    async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
-        let index = self.index(key);
-        let mut slots = self.slots();
+    /// `release` of `index` in `slots`.
+    fn release_on(
+        &self,
+        slots: &mut HashMap<KeyDigest, Slot>,
+        index: KeyDigest,
+        token: Token,
+    ) -> Result<(), StoreError> {
         if !self.owns(slots.get(&index), token, Bug::UnfencedRelease) {
             return Err(StoreError::LeaseLost);
         }
@@ -294,6 +281,97 @@ impl Store for Reference {
             slots.remove(&index);
         }
         Ok(())
+    }
+
+    /// Writes back what `tx` changed.
+    fn commit(&self, mut tx: RefTx) {
+        let mut slots = self.slots();
+        for index in tx.touched {
+            match tx.slots.remove(&index) {
+                Some(Slot::Claimed { .. }) if self.bug == Bug::TxClaimNotCommitted => {}
+                Some(Slot::Done { .. }) if self.bug == Bug::TxCompleteNotCommitted => {}
+                Some(slot) => {
+                    slots.insert(index, slot);
+                }
+                None => {
+                    slots.remove(&index);
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for Reference {
+    async fn claim(
+        &self,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let index = self.index(key);
+        // Waits for an open transaction, as a writer waits for SQLite's write lock.
+        let open_tx = if self.bug == Bug::PlainClaimIgnoresTx {
+            None
+        } else {
+            Some(self.open_tx.lock().await)
+        };
+        if self.bug == Bug::RacyClaim
+            && !self
+                .slots()
+                .get(&index)
+                .is_some_and(|slot| self.live(slot, Instant::now()))
+        {
+            drop(open_tx);
+            // Check, then act: another racer can claim in between.
+            tokio::task::yield_now().await;
+            let token = self.token(&index);
+            let slot = Slot::Claimed {
+                token,
+                fingerprint: *fingerprint,
+                until: Instant::now() + lease,
+            };
+            self.slots().insert(index, slot);
+            return Ok(Claim::Claimed(token));
+        }
+        let claim = self.claim_on(&mut self.slots(), index, fingerprint, lease);
+        drop(open_tx);
+        if self.bug == Bug::OrphanOnCancel && matches!(claim, Claim::Claimed(_)) {
+            // Applied, and the answer is on its way: a cancellation now leaves the
+            // claim behind.
+            tokio::task::yield_now().await;
+        }
+        Ok(claim)
+    }
+
+    async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
+        let index = self.index(key);
+        let mut slots = self.slots();
+        if !self.owns(slots.get(&index), token, Bug::UnfencedRenew) {
+            return Err(StoreError::LeaseLost);
+        }
+        if let Some(Slot::Claimed { until, .. }) = slots.get_mut(&index)
+            && self.bug != Bug::RenewDoesNothing
+        {
+            *until = Instant::now() + lease;
+        }
+        Ok(())
+    }
+
+    async fn complete(
+        &self,
+        key: &Key,
+        token: Token,
+        output: Output,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let index = self.index(key);
+        self.complete_on(&mut self.slots(), index, token, output, ttl)
+    }
+
+    async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
+        let index = self.index(key);
+        self.release_on(&mut self.slots(), index, token)
     }
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {
@@ -313,6 +391,96 @@ impl Store for Reference {
     }
 }
 
+/// A transaction on a [`Reference`]: a copy of its records, and the keys it changed.
+struct RefTx {
+    /// Held while the transaction is open (none with [`Bug::TxDoesNotWait`]).
+    _open: Option<tokio::sync::OwnedMutexGuard<()>>,
+    slots: HashMap<KeyDigest, Slot>,
+    touched: HashSet<KeyDigest>,
+}
+
+#[async_trait]
+impl TxStore<RefTx> for Reference {
+    async fn claim_in(
+        &self,
+        tx: &mut RefTx,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+        _wait: Duration,
+    ) -> Result<Claim, StoreError> {
+        let index = self.index(key);
+        let claim = self.claim_on(&mut tx.slots, index, fingerprint, lease);
+        Ok(match claim {
+            Claim::Claimed(token) => {
+                tx.touched.insert(index);
+                if self.bug == Bug::TxClaimWrongToken {
+                    Claim::Claimed(Token::new(token.get() + 1_000_000))
+                } else {
+                    Claim::Claimed(token)
+                }
+            }
+            other => other,
+        })
+    }
+
+    async fn complete_in(
+        &self,
+        tx: &mut RefTx,
+        key: &Key,
+        token: Token,
+        output: Output,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let index = self.index(key);
+        self.complete_on(&mut tx.slots, index, token, output, ttl)?;
+        tx.touched.insert(index);
+        Ok(())
+    }
+
+    async fn release_in(&self, tx: &mut RefTx, key: &Key, token: Token) -> Result<(), StoreError> {
+        let index = self.index(key);
+        self.release_on(&mut tx.slots, index, token)?;
+        tx.touched.insert(index);
+        Ok(())
+    }
+}
+
+/// Transactions on one [`Reference`].
+struct RefTransactions(Arc<Reference>);
+
+impl TxHarness for RefTransactions {
+    type Tx = RefTx;
+
+    async fn begin(&self) -> RefTx {
+        let open = if self.0.bug == Bug::TxDoesNotWait {
+            None
+        } else {
+            Some(self.0.open_tx.clone().lock_owned().await)
+        };
+        RefTx {
+            _open: open,
+            slots: self.0.slots().clone(),
+            touched: HashSet::new(),
+        }
+    }
+
+    async fn commit(&self, tx: RefTx) {
+        self.0.commit(tx);
+    }
+
+    async fn rollback(&self, tx: RefTx) {
+        if self.0.bug == Bug::TxRollbackCommits {
+            self.0.commit(tx);
+        }
+    }
+}
+
+fn with_transactions(bug: Bug) -> (Arc<Reference>, Arc<RefTransactions>) {
+    let store = Reference::new(bug);
+    (store.clone(), Arc::new(RefTransactions(store)))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reference_store_passes() {
     // As a trait object, too: the checks take any `Arc<S>` with `S: ?Sized`.
@@ -324,6 +492,17 @@ async fn reference_store_passes() {
 async fn suites_share_one_reference_store() {
     let store = Reference::new(Bug::None);
     tokio::join!(run_all(store.clone()), run_all(store.clone()));
+}
+
+// One test per transactional check, through the macro a backend would use.
+crate::tx_conformance_tests!(reference_tx, with_transactions(Bug::None));
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_store_passes_tx() {
+    // As a trait object, too: the checks take any `Arc<S>` with `S: ?Sized`.
+    let (store, transactions) = with_transactions(Bug::None);
+    let store: Arc<dyn TxStore<RefTx>> = store;
+    run_all_tx(store, transactions).await;
 }
 
 macro_rules! mutants {
@@ -373,4 +552,43 @@ mutants! {
     catches_claims_orphaned_by_cancellation: OrphanOnCancel fails cancelled_claims_leave_nothing_behind;
     catches_evicted_claims: EvictsClaims fails claims_survive_record_pressure;
     catches_overstated_max_output: OverstatesMaxOutput fails largest_output_round_trips;
+}
+
+macro_rules! tx_mutants {
+    ($($name:ident: $bug:ident fails $check:ident;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let (store, transactions) = with_transactions(Bug::$bug);
+            let run = tokio::spawn(async move { $check(&store, &transactions).await });
+            match run.await {
+                Err(e) if e.is_panic() => {}
+                _ => panic!(
+                    "{} passed a store with the bug {:?}",
+                    stringify!($check),
+                    Bug::$bug
+                ),
+            }
+        }
+    )*};
+}
+
+tx_mutants! {
+    catches_uncommitted_tx_claims: TxClaimNotCommitted fails tx_committed_claim_is_in_progress;
+    catches_tx_claims_with_wrong_tokens: TxClaimWrongToken fails tx_committed_claim_is_in_progress;
+    catches_tx_claim_ignoring_in_progress: ClaimIgnoresInProgress fails tx_committed_claim_is_in_progress;
+    catches_uncommitted_tx_completes: TxCompleteNotCommitted fails tx_committed_complete_replays;
+    catches_tx_dropped_empty_outputs: DropsEmptyOutputs fails tx_committed_complete_replays;
+    catches_tx_lost_err_outcome: ErrStoredAsOk fails tx_committed_complete_replays;
+    catches_rollbacks_that_commit: TxRollbackCommits fails tx_rollback_leaves_nothing;
+    catches_plain_claims_ignoring_open_tx: PlainClaimIgnoresTx fails tx_cancelled_plain_claim_leaves_nothing;
+    catches_tx_release_doing_nothing: ReleaseDoesNothing fails tx_release_leaves_nothing;
+    catches_unfenced_tx_complete: UnfencedComplete fails tx_complete_in_is_fenced;
+    catches_unfenced_tx_release: UnfencedRelease fails tx_complete_in_is_fenced;
+    catches_tx_complete_refusing_its_retry: CompleteNotIdempotent fails tx_complete_in_is_fenced;
+    catches_overwritten_tx_completion: CompleteOverwritesCompleted fails tx_complete_in_is_fenced;
+    catches_tx_busy_with_callers_fingerprint: BusyReportsCallerFingerprint fails tx_claim_in_reports_the_stored_fingerprint;
+    catches_tx_replay_with_callers_fingerprint: ReplayReportsCallerFingerprint fails tx_claim_in_reports_the_stored_fingerprint;
+    catches_tx_duplicates_not_waiting: TxDoesNotWait fails tx_duplicate_waits_for_the_first_transaction;
+    catches_tx_leases_never_expiring: LeaseNeverExpires fails tx_claim_in_takes_over_expired_records;
+    catches_tx_ignored_ttl: TtlIgnored fails tx_claim_in_takes_over_expired_records;
 }

@@ -78,6 +78,93 @@ macro_rules! conformance {
 }
 pub(crate) use conformance;
 
+/// A test module per transactional conformance check, each running the check twice, as
+/// [`conformance!`] does. The test file provides `with_store` and a function
+/// `transactions(&store) -> Arc<Transactions<_>>`; the argument names `with_store`'s
+/// closure parameters, as for [`conformance!`].
+macro_rules! tx_conformance {
+    (@each $params:tt $($check:ident),* $(,)?) => {
+        $($crate::support::tx_conformance!(@one $params $check);)*
+    };
+    (@one [$store:ident $($rest:tt)*] $check:ident) => {
+        mod $check {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn learned() {
+                with_store(|$store $($rest)*| async move {
+                    let transactions = transactions(&$store);
+                    testing::$check(&$store, &transactions).await
+                })
+                .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn insert_first() {
+                with_store(|$store $($rest)*| async move {
+                    let transactions = transactions(&$store);
+                    let $store = Arc::unwrap_or_clone($store).with_claim_order(ClaimOrder::InsertFirst);
+                    testing::$check(&Arc::new($store), &transactions).await
+                })
+                .await;
+            }
+        }
+    };
+    ($($params:tt)*) => {
+        idem_core::__tx_conformance_checks!(($crate::support::tx_conformance) (@each [$($params)*]));
+    };
+}
+pub(crate) use tx_conformance;
+
+/// Transactions on a pool, for the transactional conformance checks.
+pub struct Transactions<DB: sqlx::Database> {
+    pool: sqlx::Pool<DB>,
+    /// The statement that begins one, if not the database's default `BEGIN`.
+    begin: Option<&'static str>,
+}
+
+impl<DB: sqlx::Database> Transactions<DB> {
+    /// Transactions begun with `BEGIN`.
+    pub fn new(pool: &sqlx::Pool<DB>) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Transactions {
+            pool: pool.clone(),
+            begin: None,
+        })
+    }
+
+    /// Transactions begun with `BEGIN IMMEDIATE`, as SQLite's transactional mode needs.
+    pub fn immediate(pool: &sqlx::Pool<DB>) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Transactions {
+            pool: pool.clone(),
+            begin: Some("BEGIN IMMEDIATE"),
+        })
+    }
+}
+
+impl<DB: sqlx::Database> idem_core::testing::TxHarness for Transactions<DB> {
+    type Tx = sqlx::Transaction<'static, DB>;
+
+    async fn begin(&self) -> Self::Tx {
+        let tx = match self.begin {
+            Some(statement) => self.pool.begin_with(statement).await,
+            None => self.pool.begin().await,
+        };
+        tx.unwrap_or_else(|e| panic!("cannot begin a transaction: {e}"))
+    }
+
+    async fn commit(&self, tx: Self::Tx) {
+        tx.commit()
+            .await
+            .unwrap_or_else(|e| panic!("cannot commit: {e}"));
+    }
+
+    async fn rollback(&self, tx: Self::Tx) {
+        tx.rollback()
+            .await
+            .unwrap_or_else(|e| panic!("cannot roll back: {e}"));
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Checks every SQL store runs the same way (the store-specific setup is in each file).
 
@@ -251,48 +338,6 @@ pub async fn replayed<S: Store + ?Sized>(store: &S, key: &Key, fp: &Fingerprint)
     }
 }
 
-/// `complete_in` twice with the owner's token inside the transaction `tx` is `Ok` and
-/// keeps the first output; another token and a release after completion are refused; the
-/// record replays after the commit.
-pub async fn complete_in_is_idempotent_for_its_owner<DB, S>(
-    store: &S,
-    mut tx: sqlx::Transaction<'static, DB>,
-) where
-    DB: sqlx::Database,
-    S: idem_core::TxStore<sqlx::Transaction<'static, DB>> + ?Sized,
-{
-    let (key, fp) = (
-        Key::new("tx", &unique_table("twice")).unwrap(),
-        Fingerprint::from_bytes([1; 32]),
-    );
-    let Claim::Claimed(token) = store
-        .claim_in(&mut tx, &key, &fp, LONG_LEASE, Duration::from_secs(5))
-        .await
-        .unwrap()
-    else {
-        panic!("fresh key")
-    };
-    let first = output(&b"\x01first"[..]);
-    for bytes in [&b"\x01first"[..], &b"\x01second"[..]] {
-        store
-            .complete_in(&mut tx, &key, token, output(bytes), LONG_LEASE)
-            .await
-            .expect("complete_in again with the owner's token is Ok");
-    }
-    let other = Token::new(token.get() ^ 1);
-    let refused = store
-        .complete_in(&mut tx, &key, other, first.clone(), LONG_LEASE)
-        .await;
-    assert!(matches!(refused, Err(StoreError::LeaseLost)), "{refused:?}");
-    let released = store.release_in(&mut tx, &key, token).await;
-    assert!(
-        matches!(released, Err(StoreError::LeaseLost)),
-        "{released:?}"
-    );
-    tx.commit().await.unwrap();
-    assert_eq!(replayed(store, &key, &fp).await, first);
-}
-
 /// Claim, renew, complete, replay, release and purge on `store` (a table with an unusual
 /// name): every statement the store sends.
 pub async fn exercise<S: Store + ?Sized>(store: &S) {
@@ -405,22 +450,4 @@ pub async fn largest_output_round_trips<S: Store + ?Sized>(store: &S) -> usize {
         started.elapsed()
     );
     max
-}
-
-/// The key is claimable again within 1 s: `claim` returns `Claimed` (polling every 20 ms).
-pub async fn claimable_within_a_second<S: Store + ?Sized>(store: &S, key: &Key, what: &str) {
-    let fp = Fingerprint::from_bytes([9; 32]);
-    let started = std::time::Instant::now();
-    loop {
-        match store.claim(key, &fp, LONG_LEASE).await {
-            Ok(Claim::Claimed(_)) => return,
-            Ok(Claim::InProgress(busy)) if started.elapsed() > Duration::from_secs(1) => panic!(
-                "{what}: the key is still in progress 1 s later (an orphan claim, lease \
-                 remaining {:?})",
-                busy.lease_remaining
-            ),
-            Ok(Claim::InProgress(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
-            other => panic!("{what}: {other:?}"),
-        }
-    }
 }
