@@ -17,6 +17,8 @@ use std::time::Duration;
 
 mod support;
 
+use support::clock;
+
 /// A request with a few fields and a payload that grows: half numbers, half text.
 #[derive(Serialize)]
 struct Order {
@@ -86,24 +88,22 @@ fn group<T: Serialize>(c: &mut Criterion, name: &str, label: &str, value: &T, ex
         group.measurement_time(Duration::from_secs(4));
     }
     group.bench_with_input(BenchmarkId::new("idem", label), value, |b, v| {
-        b.iter_custom(|iters| support::time(iters, || idem::Fingerprint::of(black_box(v)).unwrap()))
+        b.iter_custom(|iters| clock::time(iters, || idem::Fingerprint::of(black_box(v)).unwrap()))
     });
     group.bench_with_input(BenchmarkId::new("sha256", label), &bytes, |b, bytes| {
         b.iter_custom(|iters| {
-            support::time(iters, || {
+            clock::time(iters, || {
                 <[u8; 32]>::from(Sha256::digest(black_box(bytes.as_slice())))
             })
         })
     });
     if extras {
         group.bench_with_input(BenchmarkId::new("blake3", label), &bytes, |b, bytes| {
-            b.iter_custom(|iters| {
-                support::time(iters, || blake3::hash(black_box(bytes.as_slice())))
-            })
+            b.iter_custom(|iters| clock::time(iters, || blake3::hash(black_box(bytes.as_slice()))))
         });
         group.bench_with_input(BenchmarkId::new("bincode+sha256", label), value, |b, v| {
             b.iter_custom(|iters| {
-                support::time(iters, || {
+                clock::time(iters, || {
                     <[u8; 32]>::from(Sha256::digest(encode(black_box(v))))
                 })
             })

@@ -25,7 +25,7 @@
 
 mod support;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use idem::{MemoryStore, idempotent};
 use moka::future::Cache;
 use moka::ops::compute::Op;
@@ -35,11 +35,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use support::Clock;
-
-#[path = "support/payload.rs"]
-mod payload;
-use payload::{Receipt, Transfer, request, settle};
+use support::clock::{self, Clock};
+use support::measure::{self, Mode, Protocol, Timing};
+use support::payload::{REPLAYED, Receipt, Transfer, fresh_requests, request, settle};
 
 #[idempotent(key = req.request_id, scope = req.user_id, store = store)]
 async fn transfer(store: &MemoryStore, req: Transfer) -> Result<Receipt, idem::Error> {
@@ -296,14 +294,16 @@ mod peer {
     use idempotent::store::memory::MemoryStore;
     use idempotent::store::{IdempotencyStore, InsertResult};
     use idempotent::{CachedResponse, IdempotencyEntry, IdempotencyKey, Metadata};
+    use std::sync::Arc;
     use std::time::Duration;
 
-    pub(crate) struct Peer(MemoryStore);
+    #[derive(Clone)]
+    pub(crate) struct Peer(Arc<MemoryStore>);
 
     impl Peer {
         /// Spawns the store's task: call inside the runtime.
         pub(crate) fn new() -> Self {
-            Peer(MemoryStore::new(1024, Duration::from_secs(60)))
+            Peer(Arc::new(MemoryStore::new(1024, Duration::from_secs(60))))
         }
 
         fn key_and_fingerprint(req: &Transfer) -> (IdempotencyKey, Fingerprint) {
@@ -345,6 +345,42 @@ mod peer {
 }
 
 // ---------------------------------------------------------------------------------------
+// The sides as the harness calls them (`benches/support/measure.rs`).
+
+/// idem: the macro on a `MemoryStore`.
+#[derive(Clone)]
+struct Idem(MemoryStore);
+
+impl Protocol for Idem {
+    async fn fresh(&self, req: Transfer) -> Receipt {
+        transfer(&self.0, req).await.unwrap()
+    }
+    async fn replay(&self, req: Transfer) -> Receipt {
+        transfer(&self.0, req).await.unwrap()
+    }
+}
+
+/// The baseline, a fresh key by one of the hand-written protocols.
+#[derive(Clone)]
+struct ByHand(Baseline, Fresh);
+
+impl Protocol for ByHand {
+    async fn fresh(&self, req: Transfer) -> Receipt {
+        self.0.fresh_by(self.1, req).await.unwrap()
+    }
+    async fn replay(&self, req: Transfer) -> Receipt {
+        self.0.replay(req).await.unwrap()
+    }
+}
+
+impl Protocol for peer::Peer {
+    async fn fresh(&self, req: Transfer) -> Receipt {
+        self.call(req).await
+    }
+    async fn replay(&self, req: Transfer) -> Receipt {
+        self.call(req).await
+    }
+}
 
 fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -353,73 +389,22 @@ fn current_thread() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn sizes() {
-    let req = request(0);
-    let req_len = bincode::serde::encode_to_vec(&req, bincode::config::standard())
-        .unwrap()
-        .len();
-    let out_len = bincode::serde::encode_to_vec(settle(&req), bincode::config::standard())
-        .unwrap()
-        .len();
-    eprintln!("memory bench: request {req_len} B, output {out_len} B (bincode)");
-}
-
-/// Distinct keys across every sample of the process.
-static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-
-fn fresh_requests(n: u64) -> Vec<Transfer> {
-    let start = NEXT_ID.fetch_add(n, Ordering::Relaxed);
-    (start..start + n).map(request).collect()
-}
-
+/// A new store per sample, so the fresh path does not grow one cache without bound.
 fn bench_fresh(c: &mut Criterion) {
-    sizes();
+    support::payload::sizes("memory");
     let rt = current_thread();
     let mut group = c.benchmark_group("memory/fresh");
     group.throughput(Throughput::Elements(1));
-    group.bench_function("idem", |b| {
-        b.iter_custom(|iters| {
-            let store = MemoryStore::new();
-            let reqs = fresh_requests(iters);
-            rt.block_on(async {
-                let start = Clock::thread();
-                for req in reqs {
-                    black_box(transfer(&store, req).await.unwrap());
-                }
-                start.elapsed()
-            })
-        })
-    });
-    group.bench_function("peer_idempotent", |b| {
-        b.iter_custom(|iters| {
-            let reqs = fresh_requests(iters);
-            rt.block_on(async {
-                let peer = peer::Peer::new();
-                let start = Clock::thread();
-                for req in reqs {
-                    black_box(peer.call(req).await);
-                }
-                start.elapsed()
-            })
-        })
-    });
+    let how = (Mode::Fresh, Timing::Cpu);
+    measure::bench(&mut group, "idem", &rt, how, || Idem(MemoryStore::new()));
+    measure::bench(&mut group, "peer_idempotent", &rt, how, peer::Peer::new);
     for (name, protocol) in [
         ("baseline", Fresh::InsertIfAbsent),
         ("baseline_get_first", Fresh::GetFirst),
         ("baseline_striped", Fresh::Striped),
     ] {
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let base = Baseline::new();
-                let reqs = fresh_requests(iters);
-                rt.block_on(async {
-                    let start = Clock::thread();
-                    for req in reqs {
-                        black_box(base.fresh_by(protocol, req).await.unwrap());
-                    }
-                    start.elapsed()
-                })
-            })
+        measure::bench(&mut group, name, &rt, how, || {
+            ByHand(Baseline::new(), protocol)
         });
     }
     group.finish();
@@ -430,59 +415,27 @@ fn bench_replay(c: &mut Criterion) {
     let mut group = c.benchmark_group("memory/replay");
     group.throughput(Throughput::Elements(1));
 
-    let store = MemoryStore::new();
-    let base = Baseline::new();
+    let idem = Idem(MemoryStore::new());
+    let base = ByHand(Baseline::new(), Fresh::InsertIfAbsent);
     let (recorded, peer) = rt.block_on(async {
-        let a = transfer(&store, request(u64::MAX)).await.unwrap();
-        let b = base.fresh(request(u64::MAX)).await.unwrap();
+        let a = idem.fresh(request(REPLAYED)).await;
+        let b = base.fresh(request(REPLAYED)).await;
         let peer = peer::Peer::new();
-        let c = peer.call(request(u64::MAX)).await;
+        let c = peer.fresh(request(REPLAYED)).await;
         assert_eq!(a, b);
         assert_eq!(a, c);
         (a, peer)
     });
 
-    group.bench_function("idem", |b| {
-        b.iter_custom(|iters| {
-            let reqs = vec![request(u64::MAX); iters as usize];
-            rt.block_on(async {
-                let start = Clock::thread();
-                for req in reqs {
-                    black_box(transfer(&store, req).await.unwrap());
-                }
-                start.elapsed()
-            })
-        })
-    });
-    group.bench_function("baseline", |b| {
-        b.iter_custom(|iters| {
-            let reqs = vec![request(u64::MAX); iters as usize];
-            rt.block_on(async {
-                let start = Clock::thread();
-                for req in reqs {
-                    black_box(base.replay(req).await.unwrap());
-                }
-                start.elapsed()
-            })
-        })
-    });
-    group.bench_function("peer_idempotent", |b| {
-        b.iter_custom(|iters| {
-            let reqs = vec![request(u64::MAX); iters as usize];
-            rt.block_on(async {
-                let start = Clock::thread();
-                for req in reqs {
-                    black_box(peer.call(req).await);
-                }
-                start.elapsed()
-            })
-        })
-    });
+    let how = (Mode::Replay, Timing::Cpu);
+    measure::bench(&mut group, "idem", &rt, how, || idem.clone());
+    measure::bench(&mut group, "baseline", &rt, how, || base.clone());
+    measure::bench(&mut group, "peer_idempotent", &rt, how, || peer.clone());
     group.finish();
 
     // The record outlived the run and still replays the same result.
     rt.block_on(async {
-        assert_eq!(transfer(&store, request(u64::MAX)).await.unwrap(), recorded);
+        assert_eq!(idem.replay(request(REPLAYED)).await, recorded);
     });
 }
 
@@ -497,7 +450,7 @@ fn bench_parts(c: &mut Criterion) {
 
     group.bench_function("key/idem", |b| {
         b.iter_custom(|iters| {
-            support::time(iters, || {
+            clock::time(iters, || {
                 idem::Key::scoped(
                     "memory::transfer",
                     &black_box(&req).user_id,
@@ -508,15 +461,15 @@ fn bench_parts(c: &mut Criterion) {
         })
     });
     group.bench_function("key/sha256", |b| {
-        b.iter_custom(|iters| support::time(iters, || Baseline::key(black_box(&req))))
+        b.iter_custom(|iters| clock::time(iters, || Baseline::key(black_box(&req))))
     });
     group.bench_function("fingerprint/idem", |b| {
         b.iter_custom(|iters| {
-            support::time(iters, || idem::Fingerprint::of(black_box(&req)).unwrap())
+            clock::time(iters, || idem::Fingerprint::of(black_box(&req)).unwrap())
         })
     });
     group.bench_function("fingerprint/bincode+sha256", |b| {
-        b.iter_custom(|iters| support::time(iters, || Baseline::fingerprint(black_box(&req))))
+        b.iter_custom(|iters| clock::time(iters, || Baseline::fingerprint(black_box(&req))))
     });
 
     let slot = || {
@@ -630,8 +583,7 @@ fn bench_parts(c: &mut Criterion) {
     group.finish();
 }
 
-const TASKS: u64 = 16;
-
+/// CPU time of the process is what both workers spent; per call, it is 2 / throughput.
 fn bench_concurrent(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -641,89 +593,11 @@ fn bench_concurrent(c: &mut Criterion) {
     let mut group = c.benchmark_group("memory/fresh_16_tasks");
     group.throughput(Throughput::Elements(1));
     group.sample_size(50);
-    // CPU time of the process is what both workers spent; per call, it is 2 / throughput.
-
-    group.bench_function(BenchmarkId::from_parameter("idem"), |b| {
-        b.iter_custom(|iters| {
-            let store = MemoryStore::new();
-            let per_task = iters.div_ceil(TASKS);
-            let batches: Vec<Vec<Transfer>> =
-                (0..TASKS).map(|_| fresh_requests(per_task)).collect();
-            let elapsed = rt.block_on(async {
-                let start = Clock::process();
-                let handles: Vec<_> = batches
-                    .into_iter()
-                    .map(|reqs| {
-                        let store = store.clone();
-                        tokio::spawn(async move {
-                            for req in reqs {
-                                black_box(transfer(&store, req).await.unwrap());
-                            }
-                        })
-                    })
-                    .collect();
-                for h in handles {
-                    h.await.unwrap();
-                }
-                start.elapsed()
-            });
-            // Report per requested iteration; a few extra ops from rounding up are noise.
-            elapsed.mul_f64(iters as f64 / (per_task * TASKS) as f64)
-        })
-    });
-    group.bench_function(BenchmarkId::from_parameter("peer_idempotent"), |b| {
-        b.iter_custom(|iters| {
-            let per_task = iters.div_ceil(TASKS);
-            let batches: Vec<Vec<Transfer>> =
-                (0..TASKS).map(|_| fresh_requests(per_task)).collect();
-            let elapsed = rt.block_on(async {
-                let peer = Arc::new(peer::Peer::new());
-                let start = Clock::process();
-                let handles: Vec<_> = batches
-                    .into_iter()
-                    .map(|reqs| {
-                        let peer = peer.clone();
-                        tokio::spawn(async move {
-                            for req in reqs {
-                                black_box(peer.call(req).await);
-                            }
-                        })
-                    })
-                    .collect();
-                for h in handles {
-                    h.await.unwrap();
-                }
-                start.elapsed()
-            });
-            elapsed.mul_f64(iters as f64 / (per_task * TASKS) as f64)
-        })
-    });
-    group.bench_function(BenchmarkId::from_parameter("baseline"), |b| {
-        b.iter_custom(|iters| {
-            let base = Baseline::new();
-            let per_task = iters.div_ceil(TASKS);
-            let batches: Vec<Vec<Transfer>> =
-                (0..TASKS).map(|_| fresh_requests(per_task)).collect();
-            let elapsed = rt.block_on(async {
-                let start = Clock::process();
-                let handles: Vec<_> = batches
-                    .into_iter()
-                    .map(|reqs| {
-                        let base = base.clone();
-                        tokio::spawn(async move {
-                            for req in reqs {
-                                black_box(base.fresh(req).await.unwrap());
-                            }
-                        })
-                    })
-                    .collect();
-                for h in handles {
-                    h.await.unwrap();
-                }
-                start.elapsed()
-            });
-            elapsed.mul_f64(iters as f64 / (per_task * TASKS) as f64)
-        })
+    let how = (Mode::Tasks, Timing::Cpu);
+    measure::bench(&mut group, "idem", &rt, how, || Idem(MemoryStore::new()));
+    measure::bench(&mut group, "peer_idempotent", &rt, how, peer::Peer::new);
+    measure::bench(&mut group, "baseline", &rt, how, || {
+        ByHand(Baseline::new(), Fresh::InsertIfAbsent)
     });
     group.finish();
 }

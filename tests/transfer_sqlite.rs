@@ -9,15 +9,12 @@ mod support;
 
 use idem::idempotent;
 use idem::sqlx::SqliteStore;
-use sqlx::sqlite::{
-    Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
-};
+use sqlx::sqlite::{Sqlite, SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, Transaction};
 use std::path::PathBuf;
 use std::time::Duration;
 use support::bank::{self, Bank, BankError, Receipt, Transfer, accounts_table, transfer_cmd};
-use support::sql::{Backend, unique};
+use support::sql::{Backend, remove_sqlite_files, sqlite_options, unique};
 
 struct SqliteBank {
     store: SqliteStore,
@@ -65,7 +62,7 @@ impl Bank for SqliteBank {
     async fn connect(url: &str, table: &str) -> Self {
         let pool = SqlitePoolOptions::new()
             .max_connections(16)
-            .connect_with(options(url))
+            .connect_with(sqlite_options(url))
             .await
             .unwrap();
         let store = SqliteStore::new(pool.clone()).with_table(table).unwrap();
@@ -117,15 +114,6 @@ impl Bank for SqliteBank {
     }
 }
 
-fn options(url: &str) -> SqliteConnectOptions {
-    let options: SqliteConnectOptions = url.parse().unwrap();
-    options
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        // Duplicates queue at BEGIN IMMEDIATE for up to this long.
-        .busy_timeout(Duration::from_secs(60))
-}
-
 /// The test's database file, removed with its `-wal` and `-shm` files when dropped (also
 /// when the test panics).
 struct DbFile {
@@ -136,18 +124,14 @@ struct DbFile {
 impl DbFile {
     fn new() -> Self {
         let url = Backend::sqlite().url().to_owned();
-        let path = options(&url).get_filename().to_owned();
+        let path = sqlite_options(&url).get_filename().to_owned();
         DbFile { url, path }
     }
 }
 
 impl Drop for DbFile {
     fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            let mut file = self.path.clone().into_os_string();
-            file.push(suffix);
-            let _ = std::fs::remove_file(file);
-        }
+        remove_sqlite_files(&self.path);
     }
 }
 

@@ -1,87 +1,10 @@
-//! What the benches share: clocks that do not count other processes' time slices.
+//! What the benches share: clocks that do not count other processes' time slices, the
+//! request and body every side runs, and the measurements (criterion benches of a
+//! protocol's calls, and paired measurements of two protocols).
+// Each bench uses a part of it.
+#![allow(dead_code)]
 
-use std::time::{Duration, Instant};
-
-/// A stopwatch over one of three clocks.
-///
-/// On Linux it reads CPU time, so that the time slices the scheduler gives other processes
-/// on the (2, shared) cores are not counted: [`Clock::thread`] for single-threaded cases
-/// (everything they do runs on the thread that calls `block_on`; moka 0.12 has no
-/// background threads), [`Clock::process`] for multi-threaded ones (all the runtime's
-/// workers). Elsewhere, or with `IDEM_BENCH_WALL=1`, it is wall-clock time.
-pub(crate) struct Clock {
-    kind: Kind,
-    start: Duration,
-}
-
-#[derive(Clone, Copy)]
-enum Kind {
-    Wall,
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    Thread,
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    Process,
-}
-
-fn read(kind: Kind) -> Duration {
-    #[cfg(target_os = "linux")]
-    {
-        use rustix::time::{ClockId, clock_gettime};
-        let id = match kind {
-            Kind::Thread => Some(ClockId::ThreadCPUTime),
-            Kind::Process => Some(ClockId::ProcessCPUTime),
-            Kind::Wall => None,
-        };
-        if let Some(id) = id {
-            let t = clock_gettime(id);
-            return Duration::new(t.tv_sec as u64, t.tv_nsec as u32);
-        }
-    }
-    let _ = kind;
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed()
-}
-
-fn cpu(kind: Kind) -> Kind {
-    if cfg!(target_os = "linux") && std::env::var_os("IDEM_BENCH_WALL").is_none() {
-        kind
-    } else {
-        Kind::Wall
-    }
-}
-
-impl Clock {
-    /// CPU time of the calling thread.
-    pub(crate) fn thread() -> Clock {
-        let kind = cpu(Kind::Thread);
-        Clock {
-            kind,
-            start: read(kind),
-        }
-    }
-
-    /// CPU time of the whole process, all threads.
-    #[allow(dead_code)] // not every bench uses it
-    pub(crate) fn process() -> Clock {
-        let kind = cpu(Kind::Process);
-        Clock {
-            kind,
-            start: read(kind),
-        }
-    }
-
-    /// Time since the clock started.
-    pub(crate) fn elapsed(&self) -> Duration {
-        read(self.kind).saturating_sub(self.start)
-    }
-}
-
-/// Times `iters` calls of `f` with [`Clock::thread`].
-#[allow(dead_code)] // not every bench uses it
-pub(crate) fn time<R>(iters: u64, mut f: impl FnMut() -> R) -> Duration {
-    let start = Clock::thread();
-    for _ in 0..iters {
-        std::hint::black_box(f());
-    }
-    start.elapsed()
-}
+pub(crate) mod clock;
+pub(crate) mod measure;
+pub(crate) mod paired;
+pub(crate) mod payload;

@@ -1,6 +1,8 @@
-//! The request and output the memory and SQL benches share, and the body both sides run.
+//! The request and output the memory and SQL benches share, the body every side runs, and
+//! the keys they call with.
 
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A realistic small request: ~100 bytes in bincode.
 #[derive(Clone, Serialize)]
@@ -39,4 +41,31 @@ pub(crate) fn settle(req: &Transfer) -> Receipt {
         status: "settled".to_owned(),
         settled_at: 1_733_000_000,
     }
+}
+
+/// The request every replay bench sends (its key recorded first).
+pub(crate) const REPLAYED: u64 = u64::MAX;
+
+/// Distinct keys across every sample, side and case of the process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// `n` requests whose keys no other call of the process used.
+pub(crate) fn fresh_requests(n: u64) -> Vec<Transfer> {
+    let start = NEXT_ID.fetch_add(n, Ordering::Relaxed);
+    (start..start + n).map(request).collect()
+}
+
+/// Prints the sizes of the request and the output in bincode.
+pub(crate) fn sizes(bench: &str) {
+    fn len(value: &impl Serialize) -> usize {
+        bincode::serde::encode_to_vec(value, bincode::config::standard())
+            .unwrap()
+            .len()
+    }
+    let req = request(0);
+    eprintln!(
+        "{bench} bench: request {} B, output {} B (bincode)",
+        len(&req),
+        len(&settle(&req))
+    );
 }

@@ -4,15 +4,15 @@
 mod support;
 
 use bytes::Bytes;
-use idem_core::codec::{self, Bincode};
-use idem_core::{Claim, Error, Fingerprint, Key, Outcome, Output, Store, StoreError, testing};
+use idem_core::{Claim, Error, Fingerprint, Key, Store, StoreError, testing};
 use idem_sqlx::{ClaimOrder, MySqlStore};
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{AssertSqlSafe, Row, SqlSafeStr};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use support::claimed;
 
 const LONG: Duration = Duration::from_secs(600);
 
@@ -33,13 +33,19 @@ async fn pool() -> Option<MySqlPool> {
     Some(connect(&url, MySqlPoolOptions::new().max_connections(20), session).await)
 }
 
+/// Runs `sql` (built from a validated test table name) on `conn`: the rows it changed, or
+/// the error.
+async fn run<'c>(
+    conn: impl sqlx::Executor<'c, Database = MySql>,
+    sql: String,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(AssertSqlSafe(sql)).execute(conn).await?;
+    Ok(done.rows_affected())
+}
+
 /// Runs `sql` (built from a validated test table name) on `pool`.
 async fn exec(pool: &MySqlPool, sql: String) -> u64 {
-    sqlx::query(AssertSqlSafe(sql))
-        .execute(pool)
-        .await
-        .unwrap()
-        .rows_affected()
+    run(pool, sql).await.unwrap()
 }
 
 /// A store in a fresh table, dropped when the test is done.
@@ -75,31 +81,17 @@ fn fingerprint(byte: u8) -> Fingerprint {
     Fingerprint::from_bytes([byte; 32])
 }
 
-fn ok_output(bytes: impl Into<Bytes>) -> Output {
-    Output {
-        outcome: Outcome::Ok,
-        bytes: bytes.into(),
-    }
-}
-
-async fn claimed(
-    store: &MySqlStore,
-    key: &Key,
-    fp: &Fingerprint,
-    lease: Duration,
-) -> idem_core::Token {
-    match store.claim(key, fp, lease).await {
-        Ok(Claim::Claimed(token)) => token,
-        other => panic!("expected Claimed, got {other:?}"),
-    }
-}
-
 fn hex(key: &Key) -> String {
-    key.digest()
-        .as_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    support::hex(key.digest().as_bytes())
+}
+
+/// Writes to `store`'s records behind its back.
+fn tamper(
+    store: &MySqlStore,
+) -> support::Tamper<impl AsyncFnMut(String) -> Result<u64, sqlx::Error> + '_> {
+    support::Tamper::new(store.table(), support::x_literal, async |sql| {
+        run(store.pool(), sql).await
+    })
 }
 
 #[tokio::test]
@@ -175,45 +167,7 @@ async fn invalid_table_names_are_refused() {
 #[tokio::test]
 async fn corrupt_output_is_a_codec_error() {
     with_store(|store| async move {
-        let good = codec::encode::<Bincode, u64>(&u64::MAX).unwrap();
-        let tag = good[0];
-        let cases: [(&str, Vec<u8>); 4] = [
-            ("empty", Vec::new()),
-            ("foreign tag", vec![tag.wrapping_add(100), 1, 2, 3]),
-            ("truncated", good[..good.len() - 1].to_vec()),
-            ("garbage after the tag", vec![tag, 0xff, 0xff]),
-        ];
-        for (what, bytes) in cases {
-            let key = new_key("corrupt_output");
-            let fp = fingerprint(7);
-            let token = claimed(&store, &key, &fp, LONG).await;
-            store
-                .complete(&key, token, ok_output(good.clone()), LONG)
-                .await
-                .unwrap();
-            let rows = sqlx::query(AssertSqlSafe(format!(
-                "UPDATE {} SET output = ? WHERE key_digest = ?",
-                store.table()
-            )))
-            .bind(&bytes)
-            .bind(&key.digest().as_bytes()[..])
-            .execute(store.pool())
-            .await
-            .unwrap()
-            .rows_affected();
-            assert_eq!(rows, 1, "{what}");
-            let record = match store.claim(&key, &fp, LONG).await {
-                Ok(Claim::Completed(record)) => record,
-                other => panic!("{what}: expected Completed, got {other:?}"),
-            };
-            assert_eq!(record.output.bytes, bytes, "{what}");
-            let decoded: Result<u64, Error> =
-                codec::decode::<Bincode, u64>(&record.output.bytes).map_err(Error::from);
-            assert!(
-                matches!(decoded, Err(Error::Codec(_))),
-                "{what}: {decoded:?}"
-            );
-        }
+        support::corrupt_outputs_are_codec_errors(&*store, &mut tamper(&store)).await;
     })
     .await;
 }
@@ -222,6 +176,7 @@ async fn corrupt_output_is_a_codec_error() {
 /// the claim, never a panic.
 #[tokio::test]
 async fn corrupt_rows_are_backend_errors() {
+    use support::Then::Corrupt;
     with_store(|store| async move {
         let t = store.table().to_owned();
         // BINARY(32) pads and refuses other lengths; a foreign schema might not.
@@ -231,29 +186,13 @@ async fn corrupt_rows_are_backend_errors() {
         )
         .await;
         let cases = [
-            ("short fingerprint", "fingerprint = x'0102'"),
-            ("long fingerprint", "fingerprint = REPEAT(x'01', 33)"),
-            ("unknown state", "state = 7"),
-            ("unknown outcome", "state = 1, outcome = 9, output = x'00'"),
-            (
-                "completed without output",
-                "state = 1, outcome = 0, output = NULL",
-            ),
+            ("fingerprint = x'0102'", Corrupt("")),
+            ("fingerprint = REPEAT(x'01', 33)", Corrupt("")),
+            ("state = 7", Corrupt("")),
+            ("state = 1, outcome = 9, output = x'00'", Corrupt("")),
+            ("state = 1, outcome = 0, output = NULL", Corrupt("")),
         ];
-        for (what, set) in cases {
-            let key = new_key("corrupt_row");
-            claimed(&store, &key, &fingerprint(3), LONG).await;
-            let rows = exec(
-                store.pool(),
-                format!("UPDATE {t} SET {set} WHERE key_digest = x'{}'", hex(&key)),
-            )
-            .await;
-            assert_eq!(rows, 1, "{what}");
-            match store.claim(&key, &fingerprint(3), LONG).await {
-                Err(StoreError::Backend { op: "claim", .. }) => {}
-                other => panic!("{what}: expected a claim backend error, got {other:?}"),
-            }
-        }
+        support::damaged_records(&*store, &mut tamper(&store), &[false], &cases).await;
     })
     .await;
 }
@@ -311,7 +250,7 @@ async fn replay_writes_nothing() {
         "a fresh claim updates nothing"
     );
     store
-        .complete(&key, token, ok_output(&b"\x01done"[..]), LONG)
+        .complete(&key, token, support::output(&b"\x01done"[..]), LONG)
         .await
         .unwrap();
     let row = |pool: MySqlPool| {
@@ -395,7 +334,7 @@ async fn session_time_zones_do_not_matter() {
     west.complete(
         &key,
         token,
-        ok_output(&b"\x01x"[..]),
+        support::output(&b"\x01x"[..]),
         Duration::from_millis(300),
     )
     .await
@@ -447,7 +386,7 @@ async fn fences_count_matched_rows() {
         store.renew(&key, token, Duration::ZERO).await.unwrap();
         store.renew(&key, token, Duration::ZERO).await.unwrap();
         store
-            .complete(&key, token, ok_output(Bytes::new()), LONG)
+            .complete(&key, token, support::output(Bytes::new()), LONG)
             .await
             .unwrap();
     })
@@ -476,7 +415,7 @@ async fn long_namespaces_are_cut() {
         assert_eq!(chars, 255);
         assert_eq!(prefix, "é".repeat(255));
         store
-            .complete(&key, token, ok_output(&b"\x01v"[..]), LONG)
+            .complete(&key, token, support::output(&b"\x01v"[..]), LONG)
             .await
             .unwrap();
         assert!(matches!(
@@ -538,7 +477,7 @@ async fn measure_insert_ignore_vs_select() {
     let fp = fingerprint(1);
     let token = claimed(&store, &key, &fp, LONG).await;
     store
-        .complete(&key, token, ok_output(&b"\x01v"[..]), LONG)
+        .complete(&key, token, support::output(&b"\x01v"[..]), LONG)
         .await
         .unwrap();
     let digest = key.digest().as_bytes().to_vec();
@@ -688,7 +627,7 @@ async fn largest_output_round_trips() {
         let key = new_key("over_the_packet");
         let token = claimed(&store, &key, &fingerprint(2), LONG).await;
         let over = store
-            .complete(&key, token, ok_output(vec![1u8; packet]), LONG)
+            .complete(&key, token, support::output(vec![1u8; packet]), LONG)
             .await;
         assert!(
             matches!(over, Err(StoreError::Backend { op: "complete", .. })),
@@ -726,54 +665,29 @@ async fn reserved_words_as_table_names() {
 /// progress for 8000 years, nor a payload mismatch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_dates_far_dates_and_padded_fingerprints() {
+    use support::Then::{Corrupt, Expired};
     with_store(|store| async move {
-        let t = store.table().to_owned();
         // A session that lets zero dates in, as an old server or a lax `sql_mode` would.
         let mut lax = store.pool().acquire().await.unwrap();
         sqlx::query("SET SESSION sql_mode = ''")
             .execute(&mut *lax)
             .await
             .unwrap();
+        let mut tamper = support::Tamper::new(store.table(), support::x_literal, async |sql| {
+            run(&mut *lax, sql).await
+        });
         let cases = [
-            ("expires_at = '0000-00-00 00:00:00'", None),
+            ("expires_at = '0000-00-00 00:00:00'", Expired),
             (
                 "expires_at = '9999-12-31 23:59:59'",
-                Some("corrupt record: expires_at"),
+                Corrupt("corrupt record: expires_at"),
             ),
-            ("fingerprint = x'0303'", Some("corrupt record: fingerprint")),
+            (
+                "fingerprint = x'0303'",
+                Corrupt("corrupt record: fingerprint"),
+            ),
         ];
-        for completed in [false, true] {
-            for (set, error) in cases {
-                let key = new_key("odd_rows");
-                let fp = fingerprint(3);
-                let token = claimed(&store, &key, &fp, LONG).await;
-                if completed {
-                    store
-                        .complete(&key, token, ok_output(&b"\x01v"[..]), LONG)
-                        .await
-                        .unwrap();
-                }
-                let sql = format!("UPDATE {t} SET {set} WHERE key_digest = x'{}'", hex(&key));
-                let changed = sqlx::query(AssertSqlSafe(sql))
-                    .execute(&mut *lax)
-                    .await
-                    .unwrap()
-                    .rows_affected();
-                assert_eq!(changed, 1, "{set}");
-                let claim = store.claim(&key, &fp, LONG).await;
-                match (error, &claim) {
-                    (None, Ok(Claim::Claimed(_))) => {}
-                    (
-                        Some(message),
-                        Err(StoreError::Backend {
-                            op: "claim",
-                            source,
-                        }),
-                    ) if source.to_string().contains(message) => {}
-                    _ => panic!("{set} (completed: {completed}): {claim:?}"),
-                }
-            }
-        }
+        support::damaged_records(&*store, &mut tamper, &[false, true], &cases).await;
     })
     .await;
 }

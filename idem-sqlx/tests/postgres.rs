@@ -3,7 +3,7 @@
 
 mod support;
 
-use idem_core::testing;
+use idem_core::{Claim, Fingerprint, Key, Store, testing};
 use idem_sqlx::{ClaimOrder, PgStore};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::sync::Arc;
@@ -54,101 +54,44 @@ async fn migrate_twice_and_concurrently() {
     .await;
 }
 
+/// Runs `sql` (built from a test table name) on `pool`: the rows it changed, or the error.
+async fn run(pool: &PgPool, sql: String) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(pool).await?;
+    Ok(done.rows_affected())
+}
+
+/// Runs `sql` (built from a test table name) on `pool`; returns the rows it changed.
+async fn exec(pool: &PgPool, sql: String) -> u64 {
+    run(pool, sql.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// `bytes` as a PostgreSQL literal.
+fn bytea(bytes: &[u8]) -> String {
+    format!("'\\x{}'::bytea", support::hex(bytes))
+}
+
+/// Writes to `store`'s records behind its back.
+fn tamper(
+    store: &PgStore,
+) -> support::Tamper<impl AsyncFnMut(String) -> Result<u64, sqlx::Error> + '_> {
+    support::Tamper::new(store.table(), bytea, async |sql| {
+        run(store.pool(), sql).await
+    })
+}
+
 /// A record whose columns were damaged outside idem: garbage output bytes replay as an
 /// `Error::Codec` when decoded, a malformed fingerprint is a store error — never a panic.
 #[tokio::test]
 async fn corrupt_columns_are_errors_not_panics() {
-    use idem_core::{Claim, Fingerprint, Key, Outcome, Output, Store, StoreError};
-    use std::time::Duration;
-
     with_store(|store| async move {
-        let fp = Fingerprint::of(&1u8).unwrap();
-        let damage = |key: &Key, set: &'static str| {
-            let q = format!("UPDATE {} SET {set} WHERE key_digest = $1", store.table());
-            let digest = key.digest().as_bytes().to_vec();
-            let pool = store.pool().clone();
-            async move {
-                let done = sqlx::query(sqlx::AssertSqlSafe(q))
-                    .bind(digest)
-                    .execute(&pool)
-                    .await
-                    .unwrap();
-                assert_eq!(done.rows_affected(), 1);
-            }
-        };
-        for (i, set) in [
-            "output = '\\xff00ff'::bytea",
-            "output = ''::bytea",
-            "output = '\\x02'::bytea",
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let key = Key::new("corrupt", &i).unwrap();
-            let Claim::Claimed(token) = store
-                .claim(&key, &fp, Duration::from_secs(30))
-                .await
-                .unwrap()
-            else {
-                panic!("fresh key")
-            };
-            let bytes = idem_core::codec::encode::<idem_core::codec::Bincode, _>(&42u64).unwrap();
-            store
-                .complete(
-                    &key,
-                    token,
-                    Output {
-                        outcome: Outcome::Ok,
-                        bytes,
-                    },
-                    Duration::from_secs(60),
-                )
-                .await
-                .unwrap();
-            damage(&key, set).await;
-            let Claim::Completed(record) = store
-                .claim(&key, &fp, Duration::from_secs(30))
-                .await
-                .unwrap()
-            else {
-                panic!("a completed record")
-            };
-            let decoded =
-                idem_core::codec::decode::<idem_core::codec::Bincode, u64>(&record.output.bytes);
-            assert!(decoded.is_err(), "{set}: garbage decoded as {decoded:?}");
-        }
-        let key = Key::new("corrupt", "fingerprint").unwrap();
-        store
-            .claim(&key, &fp, Duration::from_secs(30))
-            .await
-            .unwrap();
-        damage(&key, "fingerprint = '\\x0102'::bytea").await;
-        let claimed = store.claim(&key, &fp, Duration::from_secs(30)).await;
-        assert!(
-            matches!(&claimed, Err(StoreError::Backend { op: "claim", .. })),
-            "{claimed:?}"
-        );
+        let mut tamper = tamper(&store);
+        support::corrupt_outputs_are_codec_errors(&*store, &mut tamper).await;
+        let fingerprint = [("fingerprint = '\\x0102'::bytea", support::Then::Corrupt(""))];
+        support::damaged_records(&*store, &mut tamper, &[false], &fingerprint).await;
     })
     .await;
-}
-
-use idem_core::{Claim, Fingerprint, Key, Store, StoreError};
-
-/// Runs `sql` (built from a test table name) on `pool`; returns the rows it changed.
-async fn exec(pool: &PgPool, sql: String) -> u64 {
-    sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-        .execute(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .rows_affected()
-}
-
-fn hex(key: &Key) -> String {
-    key.digest()
-        .as_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Item 5 of issue 8: a retry of `complete` after a lost reply is `Ok`.
@@ -283,48 +226,16 @@ async fn nul_bytes_in_keys_and_scopes() {
 /// ahead than a store ever writes) is a corrupt record naming the column.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infinite_and_far_deadlines() {
+    use support::Then::{Corrupt, Expired};
+    let corrupt = Corrupt("corrupt record: expires_at");
     with_store(|store| async move {
-        let fp = Fingerprint::from_bytes([8; 32]);
-        for (i, completed) in [false, true].into_iter().enumerate() {
-            for (value, expired) in [
-                ("'-infinity'", true),
-                ("'infinity'", false),
-                ("'294276-12-31 00:00:00+00'", false),
-                ("now() + interval '1000 years'", false),
-            ] {
-                let key = Key::new("deadline", &format!("{i} {value}")).unwrap();
-                let token = support::claimed(&*store, &key, &fp, support::LONG_LEASE).await;
-                if completed {
-                    store
-                        .complete(
-                            &key,
-                            token,
-                            support::output(&b"\x01v"[..]),
-                            support::LONG_LEASE,
-                        )
-                        .await
-                        .unwrap();
-                }
-                let set = format!(
-                    "UPDATE {} SET expires_at = {value} WHERE key_digest = '\\x{}'",
-                    store.table(),
-                    hex(&key)
-                );
-                assert_eq!(exec(store.pool(), set).await, 1);
-                let claim = store.claim(&key, &fp, support::LONG_LEASE).await;
-                match (expired, &claim) {
-                    (true, Ok(Claim::Claimed(_))) => {}
-                    (
-                        false,
-                        Err(StoreError::Backend {
-                            op: "claim",
-                            source,
-                        }),
-                    ) if source.to_string().contains("corrupt record: expires_at") => {}
-                    _ => panic!("expires_at = {value} (completed: {completed}): {claim:?}"),
-                }
-            }
-        }
+        let cases = [
+            ("expires_at = '-infinity'", Expired),
+            ("expires_at = 'infinity'", corrupt),
+            ("expires_at = '294276-12-31 00:00:00+00'", corrupt),
+            ("expires_at = now() + interval '1000 years'", corrupt),
+        ];
+        support::damaged_records(&*store, &mut tamper(&store), &[false, true], &cases).await;
     })
     .await;
 }

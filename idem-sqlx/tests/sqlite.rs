@@ -4,17 +4,19 @@
 
 mod support;
 
-use idem_core::codec::{self, Bincode, Codec};
+use idem_core::codec::{self, Bincode};
 use idem_core::testing;
-use idem_core::{Claim, Error, Fingerprint, Key, Outcome, Output, Store, StoreError};
+use idem_core::{Claim, Error, Fingerprint, Key, Outcome, Output, Store, StoreError, TxStore};
 use idem_sqlx::{ClaimOrder, SqliteStore};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, Row, Transaction};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use support::claimed;
 
 /// An SQLite file in the temp directory, removed (with its `-wal` and `-shm` files) when
 /// dropped — also when the test panics.
@@ -98,24 +100,29 @@ fn fingerprint(byte: u8) -> Fingerprint {
     Fingerprint::from_bytes([byte; 32])
 }
 
-async fn claim_token(
-    store: &SqliteStore,
-    key: &Key,
-    fp: &Fingerprint,
-    lease: Duration,
-) -> idem_core::Token {
-    match store.claim(key, fp, lease).await {
-        Ok(Claim::Claimed(token)) => token,
-        other => panic!("expected Claimed, got {other:?}"),
-    }
+/// Runs `sql` (built from a test table name) on `pool`: the rows it changed, or the error.
+async fn run(pool: &SqlitePool, sql: String) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(AssertSqlSafe(sql)).execute(pool).await?;
+    Ok(done.rows_affected())
 }
 
 async fn exec(pool: &SqlitePool, sql: String) -> u64 {
-    sqlx::query(AssertSqlSafe(sql.clone()))
-        .execute(pool)
+    run(pool, sql.clone())
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .rows_affected()
+}
+
+/// Writes to `store`'s records behind its back.
+fn tamper(
+    store: &SqliteStore,
+) -> support::Tamper<impl AsyncFnMut(String) -> Result<u64, sqlx::Error> + '_> {
+    support::Tamper::new(store.table(), support::x_literal, async |sql| {
+        run(store.pool(), sql).await
+    })
+}
+
+fn digest_hex(key: &Key) -> String {
+    support::hex(key.digest().as_bytes())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,7 +151,7 @@ async fn migrate_twice_and_concurrently() {
             migration.await.unwrap().unwrap();
         }
         let fp = fingerprint(1);
-        claim_token(&stores[0], &key("after concurrent migrate"), &fp, LONG).await;
+        claimed(&stores[0], &key("after concurrent migrate"), &fp, LONG).await;
         for pool in pools {
             pool.close().await;
         }
@@ -179,120 +186,29 @@ async fn bad_table_names_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_output_is_a_codec_error() {
     with_store(|store, _| async move {
-        let pool = store.pool();
-        let cases: [(&str, Vec<u8>); 4] = [
-            (
-                "garbage with the bincode tag",
-                vec![Bincode::TAG, 0xfd, 0xff],
-            ),
-            ("trailing bytes", vec![Bincode::TAG, 1, 2, 3]),
-            ("a foreign tag", vec![0xde, 0xad, 0xbe, 0xef]),
-            ("empty", Vec::new()),
-        ];
-        for (what, garbage) in cases {
-            let key = key(&format!("corrupt output: {what}"));
-            let fp = fingerprint(7);
-            let token = claim_token(&store, &key, &fp, LONG).await;
-            let bytes = codec::encode::<Bincode, u64>(&42).unwrap();
-            store
-                .complete(
-                    &key,
-                    token,
-                    Output {
-                        outcome: Outcome::Ok,
-                        bytes,
-                    },
-                    LONG,
-                )
-                .await
-                .unwrap();
-            let hex: String = garbage.iter().map(|b| format!("{b:02x}")).collect();
-            let changed = exec(
-                pool,
-                format!(
-                    "UPDATE {} SET output = x'{hex}' WHERE key_digest = x'{}'",
-                    store.table(),
-                    digest_hex(&key)
-                ),
-            )
-            .await;
-            assert_eq!(changed, 1, "{what}");
-            let record = match store.claim(&key, &fp, LONG).await {
-                Ok(Claim::Completed(record)) => record,
-                other => panic!("{what}: expected Completed, got {other:?}"),
-            };
-            assert_eq!(&record.output.bytes[..], &garbage[..], "{what}");
-            let decoded = codec::decode::<Bincode, u64>(&record.output.bytes).map_err(Error::from);
-            assert!(
-                matches!(decoded, Err(Error::Codec(_))),
-                "{what}: decoded to {decoded:?}"
-            );
-        }
+        support::corrupt_outputs_are_codec_errors(&*store, &mut tamper(&store)).await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_columns_are_store_errors() {
+    use support::Then::{Corrupt, MaybeRefused};
     with_store(|store, _| async move {
-        let pool = store.pool();
-        let corruptions = [
-            ("a 2-byte fingerprint", "fingerprint = x'0102'"),
-            ("a 33-byte fingerprint", "fingerprint = zeroblob(33)"),
-            ("a NULL fingerprint", "fingerprint = NULL"),
-            ("an unknown state", "state = 7"),
-            ("an unknown outcome", "outcome = 9"),
-            ("a missing output", "output = NULL"),
-            ("text in an integer column", "state = 'completed'"),
+        let mut tamper = tamper(&store);
+        let completed = [
+            ("fingerprint = x'0102'", Corrupt("")),
+            ("fingerprint = zeroblob(33)", Corrupt("")),
+            ("fingerprint = NULL", MaybeRefused),
+            ("state = 7", Corrupt("")),
+            ("outcome = 9", Corrupt("")),
+            ("output = NULL", Corrupt("")),
+            ("state = 'completed'", Corrupt("")),
         ];
-        for (what, set) in corruptions {
-            let key = key(&format!("corrupt column: {what}"));
-            let fp = fingerprint(9);
-            let token = claim_token(&store, &key, &fp, LONG).await;
-            let bytes = codec::encode::<Bincode, u64>(&1).unwrap();
-            store
-                .complete(
-                    &key,
-                    token,
-                    Output {
-                        outcome: Outcome::Ok,
-                        bytes,
-                    },
-                    LONG,
-                )
-                .await
-                .unwrap();
-            let sql = format!(
-                "UPDATE {} SET {set} WHERE key_digest = x'{}'",
-                store.table(),
-                digest_hex(&key)
-            );
-            if let Err(e) = sqlx::query(AssertSqlSafe(sql)).execute(pool).await {
-                // A constraint refused this corruption: nothing to read back.
-                assert!(what.contains("NULL fingerprint"), "{what}: {e}");
-                continue;
-            }
-            match store.claim(&key, &fp, LONG).await {
-                Err(StoreError::Backend { op: "claim", .. }) => {}
-                other => panic!("{what}: expected a claim backend error, got {other:?}"),
-            }
-        }
+        support::damaged_records(&*store, &mut tamper, &[true], &completed).await;
         // A wrong-length fingerprint on an in-progress record, too.
-        let key = key("corrupt fingerprint while in progress");
-        claim_token(&store, &key, &fingerprint(3), LONG).await;
-        exec(
-            pool,
-            format!(
-                "UPDATE {} SET fingerprint = x'00' WHERE key_digest = x'{}'",
-                store.table(),
-                digest_hex(&key)
-            ),
-        )
-        .await;
-        match store.claim(&key, &fingerprint(4), LONG).await {
-            Err(StoreError::Backend { op: "claim", .. }) => {}
-            other => panic!("in progress: expected a claim backend error, got {other:?}"),
-        }
+        let in_progress = [("fingerprint = x'00'", Corrupt(""))];
+        support::damaged_records(&*store, &mut tamper, &[false], &in_progress).await;
     })
     .await;
 }
@@ -303,7 +219,7 @@ async fn replay_does_not_write() {
         let done = key("replay on a read-only connection");
         let busy = key("in progress on a read-only connection");
         let fp = fingerprint(5);
-        let token = claim_token(&store, &done, &fp, LONG).await;
+        let token = claimed(&store, &done, &fp, LONG).await;
         let out = Output {
             outcome: Outcome::Ok,
             bytes: codec::encode::<Bincode, u64>(&5).unwrap(),
@@ -312,7 +228,7 @@ async fn replay_does_not_write() {
             .complete(&done, token, out.clone(), LONG)
             .await
             .unwrap();
-        claim_token(&store, &busy, &fp, LONG).await;
+        claimed(&store, &busy, &fp, LONG).await;
 
         // A store whose connections cannot write still replays and reports InProgress:
         // neither path writes.
@@ -346,7 +262,7 @@ async fn schema_uses_the_database_clock_in_milliseconds() {
     with_store(|store, _| async move {
         let pool = store.pool();
         let key = key("schema");
-        let token = claim_token(&store, &key, &fingerprint(1), Duration::from_micros(1_500_001)).await;
+        let token = claimed(&store, &key, &fingerprint(1), Duration::from_micros(1_500_001)).await;
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT lease_until - created_at AS lease, expires_at - created_at AS expiry, \
                     typeof(expires_at) AS kind, state, length(key_digest) AS digest_len, \
@@ -440,7 +356,7 @@ async fn purge_deletes_in_batches() {
 async fn release_on_drop_frees_the_key() {
     with_store(|store, _| async move {
         let key = key("release on drop");
-        let token = claim_token(&store, &key, &fingerprint(1), LONG).await;
+        let token = claimed(&store, &key, &fingerprint(1), LONG).await;
         store.release_on_drop(&key, token);
         for _ in 0..100 {
             if let Ok(Claim::Claimed(_)) = store.claim(&key, &fingerprint(2), LONG).await {
@@ -486,16 +402,6 @@ async fn stores_on_separate_pools_share_records() {
     .await;
 }
 
-fn digest_hex(key: &Key) -> String {
-    key.digest()
-        .as_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-use idem_core::TxStore;
-
 /// Item 5 of issue 8: a retry of `complete` after a lost reply is `Ok`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn complete_is_idempotent_for_its_owner() {
@@ -539,47 +445,84 @@ async fn reserved_words_as_table_names() {
     .await;
 }
 
+/// How a test's transactions begin: deferred (`pool.begin()`) or `BEGIN IMMEDIATE`.
+#[derive(Clone, Copy, Debug)]
+enum Begin {
+    Deferred,
+    Immediate,
+}
+
+impl Begin {
+    async fn on(self, pool: &SqlitePool) -> Transaction<'static, Sqlite> {
+        match self {
+            Begin::Deferred => pool.begin().await.unwrap(),
+            Begin::Immediate => pool.begin_with("BEGIN IMMEDIATE").await.unwrap(),
+        }
+    }
+}
+
+/// A claim of `key` in `tx` that must be `Claimed`.
+async fn claimed_in(
+    store: &SqliteStore,
+    tx: &mut Transaction<'static, Sqlite>,
+    (key, fp): (&Key, Fingerprint),
+) -> idem_core::Token {
+    match store
+        .claim_in(tx, key, &fp, LONG, Duration::from_secs(5))
+        .await
+    {
+        Ok(Claim::Claimed(token)) => token,
+        other => panic!("expected Claimed, got {other:?}"),
+    }
+}
+
+/// `first` claimed `key` with `token` (and holds SQLite's write lock): a second transaction
+/// begun as `begin` that claims the key waits for it, and once `first` completed and
+/// committed, replays what it recorded.
+async fn second_claim_waits_then_replays(
+    store: &Arc<SqliteStore>,
+    (mut first, token): (Transaction<'static, Sqlite>, idem_core::Token),
+    (key, fp): (&Key, Fingerprint),
+    begin: Begin,
+) {
+    let recorded = support::output(&b"\x01first"[..]);
+    let second = tokio::spawn({
+        let (store, key) = (store.clone(), key.clone());
+        async move {
+            let mut tx = begin.on(store.pool()).await;
+            let claim = store
+                .claim_in(&mut tx, &key, &fp, LONG, Duration::from_secs(5))
+                .await;
+            tx.rollback().await.unwrap();
+            claim
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !second.is_finished(),
+        "the second claim ({begin:?}) should wait for the first"
+    );
+    store
+        .complete_in(&mut first, key, token, recorded.clone(), LONG)
+        .await
+        .unwrap();
+    first.commit().await.unwrap();
+    match second.await.unwrap() {
+        Ok(Claim::Completed(record)) => assert_eq!(record.output, recorded),
+        other => panic!("the second transaction ({begin:?}), after the first committed: {other:?}"),
+    }
+}
+
 /// Item 9: two deferred transactions (`pool.begin()`) that claim the same key first thing:
 /// the second waits for the first (its claim writes first, so it becomes a writer at the
 /// claim), then replays what the first committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferred_transactions_that_claim_first_serialize() {
     with_store(|store, _| async move {
-        let (key, fp) = (key("deferred race"), fingerprint(2));
-        let recorded = support::output(&b"\x01first"[..]);
-        let mut first = store.pool().begin().await.unwrap();
-        let Claim::Claimed(token) = store
-            .claim_in(&mut first, &key, &fp, LONG, Duration::from_secs(5))
-            .await
-            .unwrap()
-        else {
-            panic!("fresh key")
-        };
-        let second = tokio::spawn({
-            let (store, key) = (store.clone(), key.clone());
-            async move {
-                let mut tx = store.pool().begin().await.unwrap();
-                let claim = store
-                    .claim_in(&mut tx, &key, &fp, LONG, Duration::from_secs(5))
-                    .await;
-                tx.rollback().await.unwrap();
-                claim
-            }
-        });
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(
-            !second.is_finished(),
-            "the second claim should wait for the first"
-        );
-        store
-            .complete_in(&mut first, &key, token, recorded.clone(), LONG)
-            .await
-            .unwrap();
-        first.commit().await.unwrap();
-        match second.await.unwrap() {
-            Ok(Claim::Completed(record)) => assert_eq!(record.output, recorded),
-            other => panic!("the second deferred transaction: {other:?}"),
-        }
+        let key = (&key("deferred race"), fingerprint(2));
+        let mut first = Begin::Deferred.on(store.pool()).await;
+        let token = claimed_in(&store, &mut first, key).await;
+        second_claim_waits_then_replays(&store, (first, token), key, Begin::Deferred).await;
     })
     .await;
 }
@@ -628,14 +571,10 @@ async fn deferred_transaction_that_claims_first_waits_the_busy_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferred_transaction_that_read_first_is_told_to_begin_immediate() {
     with_store(|store, _| async move {
-        let (key, fp) = (key("deferred read first"), fingerprint(3));
-        let mut first = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
-        let claim = store
-            .claim_in(&mut first, &key, &fp, LONG, Duration::from_secs(5))
-            .await
-            .unwrap();
-        assert!(matches!(claim, Claim::Claimed(_)), "{claim:?}");
-        let mut deferred = store.pool().begin().await.unwrap();
+        let key = (&key("deferred read first"), fingerprint(3));
+        let mut first = Begin::Immediate.on(store.pool()).await;
+        claimed_in(&store, &mut first, key).await;
+        let mut deferred = Begin::Deferred.on(store.pool()).await;
         let count: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT count(*) FROM {}",
             store.table()
@@ -645,7 +584,7 @@ async fn deferred_transaction_that_read_first_is_told_to_begin_immediate() {
         .unwrap();
         assert_eq!(count, 0, "the first claim is not committed");
         let claim = store
-            .claim_in(&mut deferred, &key, &fp, LONG, Duration::from_secs(5))
+            .claim_in(&mut deferred, key.0, &key.1, LONG, Duration::from_secs(5))
             .await;
         match &claim {
             Err(StoreError::Backend {
@@ -666,46 +605,18 @@ async fn deferred_transaction_that_read_first_is_told_to_begin_immediate() {
 /// claim's upsert and the purge see it — in either claim order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_expires_at_values() {
+    use support::Then::{Corrupt, Expired};
+    let corrupt = Corrupt("corrupt record: expires_at");
     with_store(|store, _| async move {
         let cases = [
-            ("'soon'", false),
-            ("x'00'", false),
-            ("1.5", true),
-            ("1e300", false),
-            ("9223372036854775807", false),
-            ("-9223372036854775808", true),
+            ("expires_at = 'soon'", corrupt),
+            ("expires_at = x'00'", corrupt),
+            ("expires_at = 1.5", Expired),
+            ("expires_at = 1e300", corrupt),
+            ("expires_at = 9223372036854775807", corrupt),
+            ("expires_at = -9223372036854775808", Expired),
         ];
-        for completed in [false, true] {
-            for (value, expired) in cases {
-                let key = key(&format!("expires_at = {value}, completed: {completed}"));
-                let fp = fingerprint(4);
-                let token = claim_token(&store, &key, &fp, LONG).await;
-                if completed {
-                    store
-                        .complete(&key, token, support::output(&b"\x01v"[..]), LONG)
-                        .await
-                        .unwrap();
-                }
-                let set = format!(
-                    "UPDATE {} SET expires_at = {value} WHERE key_digest = x'{}'",
-                    store.table(),
-                    digest_hex(&key)
-                );
-                assert_eq!(exec(store.pool(), set).await, 1);
-                let claim = store.claim(&key, &fp, LONG).await;
-                match (expired, &claim) {
-                    (true, Ok(Claim::Claimed(_))) => {}
-                    (
-                        false,
-                        Err(StoreError::Backend {
-                            op: "claim",
-                            source,
-                        }),
-                    ) if source.to_string().contains("corrupt record: expires_at") => {}
-                    _ => panic!("expires_at = {value} (completed: {completed}): {claim:?}"),
-                }
-            }
-        }
+        support::damaged_records(&*store, &mut tamper(&store), &[false, true], &cases).await;
     })
     .await;
 }

@@ -6,7 +6,9 @@
 //! `IDEM_REQUIRE_SERVERS=1`, as in CI). SQLite is a file in the temp dir and always runs.
 
 use idem::Store;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -64,18 +66,9 @@ impl Backend {
         let effects_table = format!("{table}_fx");
         match self {
             Backend::Sqlite(url) => {
-                use sqlx::sqlite::{
-                    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-                };
-                let options: SqliteConnectOptions = url.parse().unwrap();
-                let pool = SqlitePoolOptions::new()
+                let pool = sqlx::sqlite::SqlitePoolOptions::new()
                     .max_connections(8)
-                    .connect_with(
-                        options
-                            .journal_mode(SqliteJournalMode::Wal)
-                            .synchronous(SqliteSynchronous::Normal)
-                            .busy_timeout(Duration::from_secs(60)),
-                    )
+                    .connect_with(sqlite_options(url))
                     .await
                     .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
                 let store = idem::sqlx::SqliteStore::new(pool.clone())
@@ -209,12 +202,7 @@ impl Db {
     /// Drops the store's and the effects' tables (an SQLite test's whole file).
     pub async fn drop_tables(&self, table: &str) {
         if let Effects::Sqlite(pool) = &self.effects {
-            let path = pool.connect_options().get_filename().to_owned();
-            for suffix in ["", "-wal", "-shm"] {
-                let mut file = path.clone().into_os_string();
-                file.push(suffix);
-                let _ = std::fs::remove_file(file);
-            }
+            remove_sqlite_files(pool.connect_options().get_filename());
             return;
         }
         for t in [table, &self.effects_table] {
@@ -225,6 +213,27 @@ impl Db {
                 Effects::MySql(p) => drop(sqlx::query(sql(q)).execute(p).await.unwrap()),
             }
         }
+    }
+}
+
+/// The options the tests open an SQLite file at `url` with: WAL, `synchronous = NORMAL`, and
+/// a busy timeout of 60 s (writers queue for the write lock, duplicates at `BEGIN
+/// IMMEDIATE`).
+pub fn sqlite_options(url: &str) -> SqliteConnectOptions {
+    let options: SqliteConnectOptions = url.parse().unwrap();
+    options
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(60))
+}
+
+/// Removes the SQLite database file at `path` and the `-wal`, `-shm` and `-journal` files
+/// beside it.
+pub fn remove_sqlite_files(path: &Path) {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut file = path.to_owned().into_os_string();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
     }
 }
 

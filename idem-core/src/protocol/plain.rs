@@ -166,7 +166,11 @@ impl<S: Store + ?Sized> Session<'_, S> {
         let give_up = Instant::now() + self.options.lease;
         let mut pause = FIRST_RETRY;
         loop {
-            let error = match self.store.complete(self.key, token, output.clone(), self.options.ttl).await {
+            let error = match self
+                .store
+                .complete(self.key, token, output.clone(), self.options.ttl)
+                .await
+            {
                 Ok(()) => return self.outcome(CallOutcome::Executed),
                 Err(StoreError::LeaseLost) => {
                     tracing::warn!("lease lost: another call took the record over; not recorded");

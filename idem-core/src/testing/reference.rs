@@ -97,14 +97,12 @@ impl Reference {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Inserts a slot; with [`Bug::EvictsClaims`], first makes room by evicting any
-    /// record, claims included.
+    /// Inserts a slot; with [`Bug::EvictsClaims`], a full store first makes room by
+    /// evicting every other record, claims included (all of them, so that which one a
+    /// check holds does not depend on the map's order).
     fn insert(&self, slots: &mut HashMap<KeyDigest, Slot>, index: KeyDigest, slot: Slot) {
         if self.bug == Bug::EvictsClaims && slots.len() >= EVICTING_CAPACITY {
-            let victim = slots.keys().find(|k| **k != index).copied();
-            if let Some(victim) = victim {
-                slots.remove(&victim);
-            }
+            slots.retain(|k, _| *k == index);
         }
         slots.insert(index, slot);
     }

@@ -168,7 +168,8 @@ impl<DB: sqlx::Database> idem_core::testing::TxHarness for Transactions<DB> {
 // ---------------------------------------------------------------------------------------
 // Checks every SQL store runs the same way (the store-specific setup is in each file).
 
-use idem_core::{Claim, Fingerprint, Key, Outcome, Output, Store, StoreError, Token};
+use idem_core::codec::{self, Bincode, Codec};
+use idem_core::{Claim, Error, Fingerprint, Key, Outcome, Output, Store, StoreError, Token};
 use std::time::Duration;
 
 pub const LONG_LEASE: Duration = Duration::from_secs(600);
@@ -450,4 +451,178 @@ pub async fn largest_output_round_trips<S: Store + ?Sized>(store: &S) -> usize {
         started.elapsed()
     );
     max
+}
+
+/// The key is claimable again within 1 s: `claim` returns `Claimed` (polling every 20 ms).
+pub async fn claimable_within_a_second<S: Store + ?Sized>(store: &S, key: &Key, what: &str) {
+    let fp = Fingerprint::from_bytes([9; 32]);
+    let started = std::time::Instant::now();
+    loop {
+        match store.claim(key, &fp, LONG_LEASE).await {
+            Ok(Claim::Claimed(_)) => return,
+            Ok(Claim::InProgress(busy)) if started.elapsed() > Duration::from_secs(1) => panic!(
+                "{what}: the key is still in progress 1 s later (an orphan claim, lease \
+                 remaining {:?})",
+                busy.lease_remaining
+            ),
+            Ok(Claim::InProgress(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Records damaged behind the store's back: the checks are the same on every backend; what
+// differs is the SQL that damages a row, which each backend's tests give.
+
+/// `bytes` in hexadecimal.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `bytes` as an SQLite or MySQL literal: `x'…'`.
+pub fn x_literal(bytes: &[u8]) -> String {
+    format!("x'{}'", hex(bytes))
+}
+
+/// Writes to a record behind the store's back: `UPDATE <table> SET <set> WHERE key_digest =
+/// <the key's digest>`, with the backend's literal for bytes and its `exec`, which returns
+/// the rows the statement changed or the database's refusal.
+pub struct Tamper<F> {
+    table: String,
+    literal: fn(&[u8]) -> String,
+    exec: F,
+}
+
+impl<F> Tamper<F>
+where
+    F: AsyncFnMut(String) -> Result<u64, sqlx::Error>,
+{
+    pub fn new(table: &str, literal: fn(&[u8]) -> String, exec: F) -> Self {
+        Tamper {
+            table: table.to_owned(),
+            literal,
+            exec,
+        }
+    }
+
+    /// `bytes` as the backend's literal.
+    pub fn literal(&self, bytes: &[u8]) -> String {
+        (self.literal)(bytes)
+    }
+
+    /// Runs `SET <set>` on `key`'s record.
+    pub async fn set(&mut self, key: &Key, set: &str) -> Result<u64, sqlx::Error> {
+        let sql = format!(
+            "UPDATE {} SET {set} WHERE key_digest = {}",
+            self.table,
+            self.literal(key.digest().as_bytes())
+        );
+        (self.exec)(sql).await
+    }
+}
+
+/// Garbage written over the output of a completed record: the replay returns it byte for
+/// byte, and decoding it is a clean `Error::Codec` — never a panic or another value.
+pub async fn corrupt_outputs_are_codec_errors<S, F>(store: &S, tamper: &mut Tamper<F>)
+where
+    S: Store + ?Sized,
+    F: AsyncFnMut(String) -> Result<u64, sqlx::Error>,
+{
+    let good = codec::encode::<Bincode, u64>(&42).unwrap();
+    let tag = Bincode::TAG;
+    let cases: [(&str, Vec<u8>); _] = [
+        ("empty", Vec::new()),
+        ("truncated", good[..good.len() - 1].to_vec()),
+        ("garbage with the bincode tag", vec![tag, 0xfd, 0xff]),
+        ("garbage after the tag", vec![tag, 0xff, 0xff]),
+        ("trailing bytes", vec![tag, 1, 2, 3]),
+        ("a foreign tag", vec![0xde, 0xad, 0xbe, 0xef]),
+        ("another foreign tag", vec![tag.wrapping_add(100), 1, 2, 3]),
+        ("a foreign tag alone", vec![0x02]),
+        ("bytes around a NUL", vec![0xff, 0x00, 0xff]),
+    ];
+    let fp = Fingerprint::from_bytes([7; 32]);
+    for (what, garbage) in cases {
+        let key = Key::new("corrupt output", &unique_table("k")).unwrap();
+        let token = claimed(store, &key, &fp, LONG_LEASE).await;
+        store
+            .complete(&key, token, output(good.clone()), LONG_LEASE)
+            .await
+            .unwrap();
+        let set = format!("output = {}", tamper.literal(&garbage));
+        let changed = tamper.set(&key, &set).await;
+        assert_eq!(
+            changed.unwrap_or_else(|e| panic!("{what}: {e}")),
+            1,
+            "{what}"
+        );
+        let record = match store.claim(&key, &fp, LONG_LEASE).await {
+            Ok(Claim::Completed(record)) => record,
+            other => panic!("{what}: expected Completed, got {other:?}"),
+        };
+        assert_eq!(&record.output.bytes[..], &garbage[..], "{what}");
+        let decoded = codec::decode::<Bincode, u64>(&record.output.bytes).map_err(Error::from);
+        assert!(
+            matches!(decoded, Err(Error::Codec(_))),
+            "{what}: decoded to {decoded:?}"
+        );
+    }
+}
+
+/// What the next claim of a damaged record must be.
+#[derive(Clone, Copy, Debug)]
+pub enum Then {
+    /// Claimed: the damage made the record count as expired.
+    Expired,
+    /// A backend error of the claim whose message contains this text (`""`: any).
+    Corrupt(&'static str),
+    /// The database may refuse the damage (a constraint); if it takes it, `Corrupt("")`.
+    MaybeRefused,
+}
+
+/// For each `(set, then)` and each of `completed`: a record of a new key — in progress, or
+/// completed with an output when `completed` — damaged with `SET <set>`; the next claim of
+/// the key is `then`.
+pub async fn damaged_records<S, F>(
+    store: &S,
+    tamper: &mut Tamper<F>,
+    completed: &[bool],
+    cases: &[(&str, Then)],
+) where
+    S: Store + ?Sized,
+    F: AsyncFnMut(String) -> Result<u64, sqlx::Error>,
+{
+    let fp = Fingerprint::from_bytes([3; 32]);
+    for &completed in completed {
+        for &(set, then) in cases {
+            let key = Key::new("damaged", &unique_table("k")).unwrap();
+            let token = claimed(store, &key, &fp, LONG_LEASE).await;
+            if completed {
+                store
+                    .complete(&key, token, output(&b"\x01v"[..]), LONG_LEASE)
+                    .await
+                    .unwrap();
+            }
+            match (tamper.set(&key, set).await, then) {
+                // A constraint refused this damage: nothing to read back.
+                (Err(_), Then::MaybeRefused) => continue,
+                (Err(e), _) => panic!("{set} (completed: {completed}): {e}"),
+                (Ok(changed), _) => assert_eq!(changed, 1, "{set} (completed: {completed})"),
+            }
+            let claim = store.claim(&key, &fp, LONG_LEASE).await;
+            match (then, &claim) {
+                (Then::Expired, Ok(Claim::Claimed(_))) => {}
+                (Then::MaybeRefused, Err(StoreError::Backend { op: "claim", .. })) => {}
+                (
+                    Then::Corrupt(message),
+                    Err(StoreError::Backend {
+                        op: "claim",
+                        source,
+                    }),
+                ) if source.to_string().contains(message) => {}
+                _ => panic!("{set} (completed: {completed}): expected {then:?}, got {claim:?}"),
+            }
+        }
+    }
 }
