@@ -46,7 +46,7 @@ pub mod codec {
     pub use idem_core::codec::Json;
     #[cfg(feature = "postcard")]
     pub use idem_core::codec::Postcard;
-    pub use idem_core::codec::{Bincode, Codec, decode, encode};
+    pub use idem_core::codec::{Bincode, Codec, CodecFailure, decode, encode};
 }
 
 pub use idem_core::{protocol, store};
@@ -59,7 +59,7 @@ pub use idem_core::store::{Claim, KeyDigest, Outcome, Output, Record, Token};
 
 /// The store conformance suite: every [`Store`] implementation should pass it.
 #[cfg(feature = "testing")]
-pub use idem_core::{store_conformance_tests, testing};
+pub use idem_core::{store_conformance_tests, testing, tx_conformance_tests};
 
 /// SQL stores (features `sqlite`, `postgres`, `mysql`), built from your sqlx pool.
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]

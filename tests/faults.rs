@@ -3,7 +3,8 @@
 mod support;
 
 use async_trait::async_trait;
-use idem::{Claim, Fingerprint, Key, MemoryStore, Output, Store, StoreError, Token, idempotent};
+use idem::store::{Claim, Output, Token};
+use idem::{Fingerprint, Key, MemoryStore, Store, StoreError, idempotent};
 use std::sync::Arc;
 use std::time::Duration;
 use support::{AppError, Calls};
@@ -195,7 +196,7 @@ async fn the_fence_refuses_a_stale_token() {
     };
     assert_ne!(old, new);
     let output = |b: &'static [u8]| Output {
-        outcome: idem::Outcome::Ok,
+        outcome: idem::store::Outcome::Ok,
         bytes: b.into(),
     };
     let late = store

@@ -7,7 +7,8 @@
 
 mod support;
 
-use idem::{Key, Output, StoreError, Token, idempotent};
+use idem::store::{Output, Token};
+use idem::{Key, StoreError, idempotent};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -245,7 +246,7 @@ async fn a_killed_owner_is_recovered_after_its_lease(backend: Backend) {
             &Key::new("mp.crash", key).unwrap(),
             Token::new(stale as u64),
             Output {
-                outcome: idem::Outcome::Ok,
+                outcome: idem::store::Outcome::Ok,
                 bytes: vec![1, 2, 3].into(),
             },
             Duration::from_secs(60),

@@ -5,7 +5,8 @@
 mod support;
 
 use async_trait::async_trait;
-use idem::{Claim, Fingerprint, Key, MemoryStore, Output, Store, StoreError, Token, idempotent};
+use idem::store::{Claim, Output, Token};
+use idem::{Fingerprint, Key, MemoryStore, Store, StoreError, idempotent};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

@@ -38,10 +38,6 @@ pub use purge::purge_periodically;
 pub use store::Store;
 pub use tx_store::TxStore;
 
-// Until the store crates name these by their module.
-#[doc(hidden)]
-pub use store::{Busy, Claim, KeyDigest, Outcome, Output, Record, Token, Waiter};
-
 /// What the `#[idempotent]` expansion names (through `idem::__private`). Not public API.
 #[doc(hidden)]
 pub mod __private {

@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+use crate::store::KeyDigest;
 use crate::store::{Busy, Claim, Output, Record, Store, Token, Waiter};
-use crate::{Fingerprint, Key, KeyDigest, StoreError};
+use crate::{Fingerprint, Key, StoreError};
 
 /// How long moka keeps a record past its TTL, so that `purge_expired` sees (and counts)
 /// what it removes; every read checks the deadline itself.

@@ -1,6 +1,6 @@
 //! Tracing and metrics for each call: one span, one outcome.
 
-use crate::KeyDigest;
+use crate::store::KeyDigest;
 
 /// How a call ended, as recorded on its span and in metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -32,7 +32,8 @@ pub fn purge_periodically<S: Store + ?Sized + 'static>(
 #[cfg(all(test, feature = "moka"))]
 mod tests {
     use super::*;
-    use crate::{Claim, Fingerprint, Key, MemoryStore, Outcome, Output};
+    use crate::store::{Claim, Outcome, Output};
+    use crate::{Fingerprint, Key, MemoryStore};
 
     #[tokio::test]
     async fn expired_records_go_away_without_being_asked_for() {

@@ -1,7 +1,8 @@
 //! Cancellation: releasing the claim of a cancelled call, and claims that a cancelled
 //! caller cannot leave behind.
 
-use idem_core::{Key, Store, StoreError, Token};
+use idem_core::store::Token;
+use idem_core::{Key, Store, StoreError};
 use std::future::Future;
 
 /// Releases `token`'s claim on a task of the current runtime, for `Store::release_on_drop`

@@ -1,6 +1,7 @@
 //! What every dialect's claim shares: its inputs, and how often it tries.
 
-use idem_core::{Claim, Fingerprint, Key, StoreError, Token};
+use idem_core::store::{Claim, Token};
+use idem_core::{Fingerprint, Key, StoreError};
 use std::time::Duration;
 
 /// How many times a claim retries when the row changed between its statements.

@@ -1,6 +1,6 @@
 //! What the `state` and `outcome` columns hold.
 
-use idem_core::Outcome;
+use idem_core::store::Outcome;
 
 /// `state`: a claim in progress.
 pub(crate) const IN_PROGRESS: i64 = 0;

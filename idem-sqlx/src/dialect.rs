@@ -1,6 +1,7 @@
 //! What differs between SQL databases, for the one generic [`SqlStore`].
 
-use idem_core::{Claim, Error, StoreError};
+use idem_core::store::Claim;
+use idem_core::{Error, StoreError};
 use sqlx::{Database, Encode, SqlStr, Transaction, Type};
 use std::future::Future;
 use std::time::Duration;

@@ -3,7 +3,8 @@
 //! corrupt record, never a panic.
 
 use bytes::Bytes;
-use idem_core::{Busy, Claim, Fingerprint, Outcome, Output, Record, StoreError};
+use idem_core::store::{Busy, Claim, Outcome, Output, Record};
+use idem_core::{Fingerprint, StoreError};
 use std::time::Duration;
 
 use crate::columns::{COMPLETED, IN_PROGRESS};

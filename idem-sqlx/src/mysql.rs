@@ -1,6 +1,7 @@
 //! MySQL and MariaDB: [`MySqlStore`], and what its dialect does its own way.
 
-use idem_core::{Claim, Error, StoreError};
+use idem_core::store::Claim;
+use idem_core::{Error, StoreError};
 use sqlx::mysql::{MySqlConnection, MySqlDatabaseError, MySqlQueryResult, MySqlRow};
 use sqlx::pool::PoolConnection;
 use sqlx::{Row, SqlStr, Transaction};

@@ -1,6 +1,7 @@
 //! Which statement a claim sends first: the read or the insert.
 
-use idem_core::{Claim, StoreError};
+use idem_core::StoreError;
+use idem_core::store::Claim;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Which statement a SQL store's claim sends first.
@@ -86,7 +87,8 @@ impl Default for Order {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use idem_core::{Busy, Fingerprint, Token};
+    use idem_core::Fingerprint;
+    use idem_core::store::{Busy, Token};
 
     fn claimed() -> Result<Claim, StoreError> {
         Ok(Claim::Claimed(Token::new(1)))

@@ -1,6 +1,7 @@
 //! PostgreSQL: [`PgStore`], and what its dialect does its own way.
 
-use idem_core::{Claim, Error, StoreError};
+use idem_core::store::Claim;
+use idem_core::{Error, StoreError};
 use sqlx::postgres::types::PgInterval;
 use sqlx::postgres::{PgConnection, PgQueryResult, PgRow};
 use sqlx::{Row, SqlStr, Transaction};

@@ -1,6 +1,7 @@
 //! SQLite: [`SqliteStore`], and what its dialect does its own way.
 
-use idem_core::{Claim, Error, StoreError};
+use idem_core::store::Claim;
+use idem_core::{Error, StoreError};
 use sqlx::sqlite::{SqliteConnection, SqliteQueryResult, SqliteRow};
 use sqlx::{Row, SqlStr, Transaction};
 use std::time::Duration;
@@ -355,7 +356,8 @@ mod tests {
         use crate::claim::NewClaim;
         use crate::dialect::Dialect;
         use crate::token;
-        use idem_core::{Claim, Fingerprint, Key, Outcome, Output, Store};
+        use idem_core::store::{Claim, Outcome, Output};
+        use idem_core::{Fingerprint, Key, Store};
         use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
         use std::time::Instant;
 

@@ -2,7 +2,8 @@
 //! [`Dialect`].
 
 use async_trait::async_trait;
-use idem_core::{Claim, Error, Fingerprint, Key, Output, Store, StoreError, Token, TxStore};
+use idem_core::store::{Claim, Output, Token};
+use idem_core::{Error, Fingerprint, Key, Store, StoreError, TxStore};
 use sqlx::pool::PoolConnection;
 use sqlx::{Database, Encode, Executor, Pool, SqlStr, Transaction, Type};
 use std::future::Future;

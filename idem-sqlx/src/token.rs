@@ -1,7 +1,7 @@
 //! Fencing tokens for SQL stores: random, so that a key claimed again after a release never
 //! gets a token an earlier owner might still hold.
 
-use idem_core::Token;
+use idem_core::store::Token;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

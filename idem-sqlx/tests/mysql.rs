@@ -4,7 +4,8 @@
 mod support;
 
 use bytes::Bytes;
-use idem_core::{Claim, Error, Fingerprint, Key, Store, StoreError, testing};
+use idem_core::store::Claim;
+use idem_core::{Error, Fingerprint, Key, Store, StoreError, testing};
 use idem_sqlx::{ClaimOrder, MySqlStore};
 use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{AssertSqlSafe, Row, SqlSafeStr};

@@ -3,7 +3,8 @@
 
 mod support;
 
-use idem_core::{Claim, Fingerprint, Key, Store, testing};
+use idem_core::store::Claim;
+use idem_core::{Fingerprint, Key, Store, testing};
 use idem_sqlx::{ClaimOrder, PgStore};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::sync::Arc;

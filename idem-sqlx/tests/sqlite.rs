@@ -5,8 +5,9 @@
 mod support;
 
 use idem_core::codec::{self, Bincode};
+use idem_core::store::{Claim, Outcome, Output};
 use idem_core::testing;
-use idem_core::{Claim, Error, Fingerprint, Key, Outcome, Output, Store, StoreError, TxStore};
+use idem_core::{Error, Fingerprint, Key, Store, StoreError, TxStore};
 use idem_sqlx::{ClaimOrder, SqliteStore};
 use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -466,7 +467,7 @@ async fn claimed_in(
     store: &SqliteStore,
     tx: &mut Transaction<'static, Sqlite>,
     (key, fp): (&Key, Fingerprint),
-) -> idem_core::Token {
+) -> idem_core::store::Token {
     match store
         .claim_in(tx, key, &fp, LONG, Duration::from_secs(5))
         .await
@@ -481,7 +482,7 @@ async fn claimed_in(
 /// committed, replays what it recorded.
 async fn second_claim_waits_then_replays(
     store: &Arc<SqliteStore>,
-    (mut first, token): (Transaction<'static, Sqlite>, idem_core::Token),
+    (mut first, token): (Transaction<'static, Sqlite>, idem_core::store::Token),
     (key, fp): (&Key, Fingerprint),
     begin: Begin,
 ) {

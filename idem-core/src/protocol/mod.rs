@@ -57,8 +57,7 @@ impl<T: Serialize + DeserializeOwned, E: From<Error>> Idempotent<T, E> {
 
 impl<T, E, P: ErrorPolicy<E>> Idempotent<T, E, P> {
     /// Every part given: the output codec, the error policy
-    /// ([`Release`](crate::protocol::Release), [`CacheErrors`](crate::protocol::CacheErrors),
-    /// [`CacheIf`](crate::protocol::CacheIf)) and the conversion of idem's errors.
+    /// ([`Release`], [`CacheErrors`], [`CacheIf`]) and the conversion of idem's errors.
     pub fn with(
         options: Options,
         output: ValueCodec<T>,

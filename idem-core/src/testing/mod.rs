@@ -26,7 +26,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::Barrier;
 
-use crate::{Busy, Claim, Fingerprint, Key, Outcome, Output, Record, Store, StoreError, Token};
+use crate::store::{Busy, Claim, Outcome, Output, Record, Token};
+use crate::{Fingerprint, Key, Store, StoreError};
 
 /// The namespace of every key the suite makes.
 pub const NAMESPACE: &str = "idem::testing::conformance";

@@ -2,7 +2,8 @@
 //! each deliberately broken variant of it fails the check meant to catch that bug.
 
 use super::*;
-use crate::{KeyDigest, TxStore, Waiter};
+use crate::TxStore;
+use crate::store::{KeyDigest, Waiter};
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};

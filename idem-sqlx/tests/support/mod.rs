@@ -169,7 +169,8 @@ impl<DB: sqlx::Database> idem_core::testing::TxHarness for Transactions<DB> {
 // Checks every SQL store runs the same way (the store-specific setup is in each file).
 
 use idem_core::codec::{self, Bincode, Codec};
-use idem_core::{Claim, Error, Fingerprint, Key, Outcome, Output, Store, StoreError, Token};
+use idem_core::store::{Claim, Outcome, Output, Token};
+use idem_core::{Error, Fingerprint, Key, Store, StoreError};
 use std::time::Duration;
 
 pub const LONG_LEASE: Duration = Duration::from_secs(600);
