@@ -34,12 +34,35 @@ pub(crate) enum Leave {
     Refuse(CodecError),
 }
 
+/// What a call did, for adapters that tell their own callers: HTTP's
+/// `Idempotent-Replayed` and `Retry-After` ([`Idempotent::run_reported`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Disposition {
+    /// This call owned the key and ran the body.
+    Executed,
+    /// A completed record was found: its result was returned (or failed to decode) and
+    /// the body did not run.
+    Replayed,
+    /// Another call owns the key (`Error::InProgress`); its lease runs out in about
+    /// `retry_after`, if the store said. The body did not run.
+    InProgress {
+        /// Roughly how long until the owner's lease expires.
+        retry_after: Option<Duration>,
+    },
+    /// The body did not run for another reason: a payload mismatch, a wait timeout, a
+    /// missing key, a store that failed.
+    Refused,
+}
+
 /// How long a call may still wait for a concurrent owner, and how often it polls.
 pub(crate) struct Patience {
     wait_timeout: Duration,
     /// Set when the call first has to wait (most calls never do).
     deadline: Option<Instant>,
     poll: Duration,
+    /// The owner's remaining lease when the call gave up on it.
+    retry_after: Option<Duration>,
 }
 
 impl Patience {
@@ -48,6 +71,17 @@ impl Patience {
             wait_timeout: options.wait_timeout,
             deadline: None,
             poll: Duration::from_millis(2),
+            retry_after: None,
+        }
+    }
+
+    /// What a call that ended with `error` before its body ran did.
+    pub(crate) fn disposition(&self, error: &Error) -> Disposition {
+        match error {
+            Error::InProgress => Disposition::InProgress {
+                retry_after: self.retry_after,
+            },
+            _ => Disposition::Refused,
         }
     }
 }
@@ -76,6 +110,7 @@ impl<T, E, P: ErrorPolicy<E>> Idempotent<T, E, P> {
         };
         self.check_fingerprint(fingerprint, &busy.fingerprint)?;
         if self.options.on_conflict == OnConflict::Reject {
+            patience.retry_after = busy.lease_remaining;
             self.outcome(CallOutcome::InProgress);
             return Err(Error::InProgress);
         }

@@ -19,6 +19,7 @@ use crate::options::Options;
 use crate::{CodecError, Error, Fingerprint, Key};
 
 pub use crate::error_policy::{CacheErrors, CacheIf, ErrorPolicy, Release};
+pub use decide::Disposition;
 pub use crate::value_codec::ValueCodec;
 
 /// One idempotent function: its [`Options`], how its output is stored, what an `Err`

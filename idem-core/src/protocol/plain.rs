@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::Idempotent;
-use super::decide::{Acquired, Leave, Patience};
+use super::decide::{Acquired, Disposition, Leave, Patience};
 use crate::error_policy::ErrorPolicy;
 use crate::observe::{self, CallOutcome};
 use crate::options::Options;
@@ -43,6 +43,22 @@ impl<T, E, P: ErrorPolicy<E>> Idempotent<T, E, P> {
         S: Store + ?Sized,
         F: Future<Output = Result<T, E>>,
     {
+        self.run_reported(store, key, fingerprint, body).await.0
+    }
+
+    /// [`run`](Self::run), and what the call did: ran the body, replayed, or found the key
+    /// in progress (with the owner's remaining lease), for adapters that tell their callers.
+    pub async fn run_reported<S, F>(
+        &self,
+        store: &S,
+        key: Key,
+        fingerprint: Fingerprint,
+        body: F,
+    ) -> (Result<T, E>, Disposition)
+    where
+        S: Store + ?Sized,
+        F: Future<Output = Result<T, E>>,
+    {
         let span = observe::span(self.options.namespace, key.digest());
         let session = Session {
             store,
@@ -59,7 +75,7 @@ impl<T, E, P: ErrorPolicy<E>> Idempotent<T, E, P> {
         session: &Session<'_, S>,
         fingerprint: &Fingerprint,
         body: F,
-    ) -> Result<T, E>
+    ) -> (Result<T, E>, Disposition)
     where
         S: Store + ?Sized,
         F: Future<Output = Result<T, E>>,
@@ -69,11 +85,28 @@ impl<T, E, P: ErrorPolicy<E>> Idempotent<T, E, P> {
             let claim = session.claim(fingerprint).await;
             match self.settle(fingerprint, claim, &mut patience).await {
                 Ok(Some(Acquired::Owner(token))) => break token,
-                Ok(Some(Acquired::Replay(record))) => return self.replay(record),
+                Ok(Some(Acquired::Replay(record))) => {
+                    return (self.replay(record), Disposition::Replayed);
+                }
                 Ok(None) => continue,
-                Err(e) => return self.failed(e),
+                Err(e) => {
+                    let disposition = patience.disposition(&e);
+                    return (self.failed(e), disposition);
+                }
             }
         };
+        (
+            self.run_owned(session, token, body).await,
+            Disposition::Executed,
+        )
+    }
+
+    /// The body of a call that owns the key, and what its result leaves behind.
+    async fn run_owned<S, F>(&self, session: &Session<'_, S>, token: Token, body: F) -> Result<T, E>
+    where
+        S: Store + ?Sized,
+        F: Future<Output = Result<T, E>>,
+    {
         let guard = ReleaseOnDrop {
             session,
             token: Some(token),
