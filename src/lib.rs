@@ -79,6 +79,13 @@ pub mod sqlx {
     pub use idem_sqlx::{ClaimOrder, SqlStore};
 }
 
+/// HTTP: the `Idempotency-Key` header on axum/tower (feature `axum`) and a client that
+/// retries with the same key (feature `reqwest`).
+#[cfg(any(feature = "axum", feature = "reqwest"))]
+pub mod http {
+    pub use idem_http::*;
+}
+
 /// What `#[idempotent]` expands to. Not public API.
 #[doc(hidden)]
 pub mod __private;

@@ -1,0 +1,1 @@
+//! Retrying HTTP requests with the same `Idempotency-Key` (feature `reqwest`).
