@@ -27,6 +27,17 @@
 //! The first call with a key runs the body and records its result; later calls with the key
 //! get the recorded result back. A later call with the same key but another payload gets
 //! [`Error::PayloadMismatch`]. [`idempotent`] documents every option.
+//!
+//! # Where things are
+//!
+//! - **Applications** use the root: [`idempotent`], the stores ([`MemoryStore`], and
+//!   `idem::sqlx`'s SQL stores), [`Error`], [`Options`], [`run_in_tx`] and
+//!   [`set_default_store`]; [`codec`] picks how outputs are stored.
+//! - **Adapters** that run the protocol without the macro (an HTTP layer, a consumer loop)
+//!   use [`protocol`]: [`protocol::Idempotent`] runs one call on any [`Store`] and says what
+//!   it did.
+//! - **Store implementors** use [`store`] (the [`Store`] trait and the values it exchanges)
+//!   and `idem::testing` (feature `testing`: the conformance suite every store passes).
 
 // On docs.rs, feature-gated items say which feature they need.
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -43,7 +43,7 @@ impl<T, E, P: ErrorPolicy<E>> Idempotent<T, E, P> {
         S: Store + ?Sized,
         F: Future<Output = Result<T, E>>,
     {
-        self.run_reported(store, key, fingerprint, body).await.0
+        self.plain(store, &key, &fingerprint, body).await.0
     }
 
     /// [`run`](Self::run), and what the call did: ran the body, replayed, or found the key
@@ -59,20 +59,31 @@ impl<T, E, P: ErrorPolicy<E>> Idempotent<T, E, P> {
         S: Store + ?Sized,
         F: Future<Output = Result<T, E>>,
     {
+        self.plain(store, &key, &fingerprint, body).await
+    }
+
+    /// The call in its span. Not an `async fn`, so that it adds no layer of its own around
+    /// the body's future: every layer moves that future (and a replay pays for the moves).
+    pub(crate) fn plain<'a, S, F>(
+        &'a self,
+        store: &'a S,
+        key: &'a Key,
+        fingerprint: &'a Fingerprint,
+        body: F,
+    ) -> tracing::instrument::Instrumented<impl Future<Output = (Result<T, E>, Disposition)> + 'a>
+    where
+        S: Store + ?Sized,
+        F: Future<Output = Result<T, E>> + 'a,
+    {
         let span = observe::span(self.options.namespace, key.digest());
-        let session = Session {
-            store,
-            key: &key,
-            options: &self.options,
-        };
-        self.run_plain(&session, &fingerprint, body)
+        self.run_plain(store, key, fingerprint, body)
             .instrument(span)
-            .await
     }
 
     async fn run_plain<S, F>(
         &self,
-        session: &Session<'_, S>,
+        store: &S,
+        key: &Key,
         fingerprint: &Fingerprint,
         body: F,
     ) -> (Result<T, E>, Disposition)
@@ -80,6 +91,11 @@ impl<T, E, P: ErrorPolicy<E>> Idempotent<T, E, P> {
         S: Store + ?Sized,
         F: Future<Output = Result<T, E>>,
     {
+        let session = &Session {
+            store,
+            key,
+            options: &self.options,
+        };
         let mut patience = Patience::new(&self.options);
         let token = loop {
             let claim = session.claim(fingerprint).await;
@@ -95,18 +111,6 @@ impl<T, E, P: ErrorPolicy<E>> Idempotent<T, E, P> {
                 }
             }
         };
-        (
-            self.run_owned(session, token, body).await,
-            Disposition::Executed,
-        )
-    }
-
-    /// The body of a call that owns the key, and what its result leaves behind.
-    async fn run_owned<S, F>(&self, session: &Session<'_, S>, token: Token, body: F) -> Result<T, E>
-    where
-        S: Store + ?Sized,
-        F: Future<Output = Result<T, E>>,
-    {
         let guard = ReleaseOnDrop {
             session,
             token: Some(token),
@@ -123,7 +127,7 @@ impl<T, E, P: ErrorPolicy<E>> Idempotent<T, E, P> {
                 std::panic::resume_unwind(panic)
             }
         };
-        match self.leave(&result, session.store.max_output_len()) {
+        let result = match self.leave(&result, session.store.max_output_len()) {
             Leave::Record(output) => {
                 session.record(token, output).await;
                 result
@@ -137,7 +141,8 @@ impl<T, E, P: ErrorPolicy<E>> Idempotent<T, E, P> {
                 session.release(token).await;
                 self.refused(e)
             }
-        }
+        };
+        (result, Disposition::Executed)
     }
 }
 
