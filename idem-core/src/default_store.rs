@@ -62,6 +62,18 @@ impl Store for DefaultStore {
         self.get()?.release(key, token).await
     }
 
+    fn claim_now(
+        &self,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Option<Result<Claim, StoreError>> {
+        match self.get() {
+            Ok(store) => store.claim_now(key, fingerprint, lease),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     fn release_on_drop(&self, key: &Key, token: Token) {
         if let Ok(store) = self.get() {
             store.release_on_drop(key, token);

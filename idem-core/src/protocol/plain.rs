@@ -156,7 +156,10 @@ struct Session<'a, S: ?Sized> {
 impl<S: Store + ?Sized> Session<'_, S> {
     async fn claim(&self, fingerprint: &Fingerprint) -> Result<Claim, StoreError> {
         let lease = self.options.lease;
-        self.store.claim(self.key, fingerprint, lease).await
+        match self.store.claim_now(self.key, fingerprint, lease) {
+            Some(claim) => claim,
+            None => self.store.claim(self.key, fingerprint, lease).await,
+        }
     }
 
     /// Runs the body while renewing the lease every third of it.

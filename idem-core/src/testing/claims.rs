@@ -44,6 +44,55 @@ pub async fn claim_fresh_then_in_progress<S: Store + ?Sized + 'static>(store: &A
     );
 }
 
+/// A store that answers [`Store::claim_now`] answers as [`Store::claim`] would, from the
+/// same records: a claim made through one is seen by the other, in progress and completed
+/// (stores that answer `None` pass trivially: the protocol always awaits their `claim`).
+pub async fn claim_now_agrees_with_claim<S: Store + ?Sized + 'static>(store: &Arc<S>) {
+    const CHECK: &str = "claim_now_agrees_with_claim";
+    let (key, other) = (new_key(CHECK), new_key(CHECK));
+    let fp = fingerprint();
+    let Some(first) = store.claim_now(&key, &fp, LONG) else {
+        return;
+    };
+    let token = claimed(first, CHECK, "claim_now of a fresh key");
+    let busy = in_progress(
+        store.claim(&key, &fp, LONG).await,
+        CHECK,
+        "claim of a key claimed through claim_now",
+    );
+    assert_eq!(busy.fingerprint, fp, "[{CHECK}] claim: fingerprint");
+    let out = output(Outcome::Ok, b"now".to_vec());
+    ok(
+        store.complete(&key, token, out.clone(), LONG).await,
+        CHECK,
+        "complete",
+    );
+    let now = store
+        .claim_now(&key, &fp, LONG)
+        .map(|c| completed(c, CHECK, "claim_now"));
+    let later = completed(store.claim(&key, &fp, LONG).await, CHECK, "claim");
+    assert_eq!(
+        now.map(|r| r.output),
+        Some(out.clone()),
+        "[{CHECK}] claim_now must replay the record"
+    );
+    assert_eq!(later.output, out, "[{CHECK}] claim must replay the record");
+    // The other way round: a claim through `claim` is in progress for `claim_now`.
+    claimed(
+        store.claim(&other, &fp, LONG).await,
+        CHECK,
+        "claim of a fresh key",
+    );
+    match store.claim_now(&other, &fp, LONG) {
+        Some(answer) => {
+            in_progress(answer, CHECK, "claim_now of a key claimed through claim");
+        }
+        None => {
+            panic!("[{CHECK}] claim_now answered once, then not: it must answer always or never")
+        }
+    }
+}
+
 /// 64 tasks claim one fresh key at the same moment: exactly one gets `Claimed`, the other
 /// 63 `InProgress` with the winner's fingerprint. Twenty rounds with fresh keys, then five
 /// rounds racing to take over a claim whose lease ran out.

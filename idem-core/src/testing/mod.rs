@@ -149,6 +149,7 @@ macro_rules! __conformance_checks {
     (($($callback:tt)+) ($($args:tt)*)) => {
         $($callback)+!($($args)*
             claim_fresh_then_in_progress,
+            claim_now_agrees_with_claim,
             complete_then_replay,
             fencing_rejects_wrong_tokens,
             completed_record_is_final,

@@ -38,6 +38,7 @@ enum Bug {
     OrphanOnCancel,
     EvictsClaims,
     OverstatesMaxOutput,
+    ClaimNowIgnoresRecords,
     // The transactional side.
     TxClaimNotCommitted,
     TxCompleteNotCommitted,
@@ -302,6 +303,17 @@ impl Reference {
 
 #[async_trait]
 impl Store for Reference {
+    /// Answers only as a mutant: the reference store awaits every claim.
+    fn claim_now(
+        &self,
+        key: &Key,
+        _: &Fingerprint,
+        _: Duration,
+    ) -> Option<Result<Claim, StoreError>> {
+        (self.bug == Bug::ClaimNowIgnoresRecords)
+            .then(|| Ok(Claim::Claimed(self.token(&self.index(key)))))
+    }
+
     async fn claim(
         &self,
         key: &Key,
@@ -550,6 +562,7 @@ mutants! {
     catches_complete_refusing_its_retry: CompleteNotIdempotent fails completed_record_is_final;
     catches_claims_orphaned_by_cancellation: OrphanOnCancel fails cancelled_claims_leave_nothing_behind;
     catches_evicted_claims: EvictsClaims fails claims_survive_record_pressure;
+    catches_claim_now_ignoring_records: ClaimNowIgnoresRecords fails claim_now_agrees_with_claim;
     catches_overstated_max_output: OverstatesMaxOutput fails largest_output_round_trips;
 }
 

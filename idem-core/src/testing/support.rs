@@ -50,7 +50,11 @@ pub(super) async fn claim<S: Store + ?Sized>(
     fp: &Fingerprint,
     lease: Duration,
 ) -> Result<Claim, StoreError> {
-    store.claim(key, fp, lease).await
+    // As the protocol asks: `claim_now` first, so that what it answers is checked too.
+    match store.claim_now(key, fp, lease) {
+        Some(claim) => claim,
+        None => store.claim(key, fp, lease).await,
+    }
 }
 
 #[track_caller]
