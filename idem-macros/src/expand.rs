@@ -137,7 +137,7 @@ fn call(plan: &Plan, private: &TokenStream) -> TokenStream {
     };
     let store_arg = Ident::new("__idem_store", Span::mixed_site().located_at(at_call));
     // What the function does with its results, built once per call.
-    let spec = quote!(#private::Idempotent::with(__IDEM_OPTIONS, #output, #policy, #into_error));
+    let spec = quote!(&#private::Idempotent::with(__IDEM_OPTIONS, #output, #policy, #into_error));
     let execute = |body: TokenStream| {
         awaited_at(
             quote!(#private::execute),

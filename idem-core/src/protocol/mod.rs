@@ -13,10 +13,10 @@ pub(crate) mod tx;
 
 use serde::{Serialize, de::DeserializeOwned};
 
+use crate::Error;
 use crate::codec::Bincode;
 use crate::observe::{self, CallOutcome};
 use crate::options::Options;
-use crate::{CodecError, Error, Fingerprint, Key};
 
 pub use crate::error_policy::{CacheErrors, CacheIf, ErrorPolicy, Release};
 pub use crate::value_codec::ValueCodec;
@@ -83,18 +83,6 @@ impl<T, E, P: ErrorPolicy<E>> Idempotent<T, E, P> {
         &self.options
     }
 
-    /// The key and fingerprint, or the error they failed with as an `E` (what the macro
-    /// evaluated from the arguments, before the body could run).
-    pub(crate) fn inputs(
-        &self,
-        key: Result<Key, Error>,
-        fingerprint: Result<Fingerprint, CodecError>,
-    ) -> Result<(Key, Fingerprint), E> {
-        let key = key.map_err(self.into_error)?;
-        let fingerprint = fingerprint.map_err(|e| (self.into_error)(e.into()))?;
-        Ok((key, fingerprint))
-    }
-
     fn outcome(&self, outcome: CallOutcome) {
         observe::record(self.options.namespace, outcome);
     }
@@ -114,7 +102,7 @@ pub(crate) mod expansion {
         store: &S,
         key: Result<Key, Error>,
         fingerprint: Result<Fingerprint, CodecError>,
-        spec: Idempotent<T, E, P>,
+        spec: &Idempotent<T, E, P>,
         body: F,
     ) -> Result<T, E>
     where
@@ -122,7 +110,10 @@ pub(crate) mod expansion {
         P: ErrorPolicy<E>,
         F: Future<Output = Result<T, E>>,
     {
-        let (key, fingerprint) = spec.inputs(key, fingerprint)?;
+        // Matched in place, not through a helper returning both: each move of the key is a
+        // copy, and a replay is short enough to notice.
+        let key = key.map_err(spec.into_error)?;
+        let fingerprint = fingerprint.map_err(|e| (spec.into_error)(e.into()))?;
         spec.plain(store, &key, &fingerprint, body).await.0
     }
 
@@ -132,7 +123,7 @@ pub(crate) mod expansion {
         tx: &'t mut Tx,
         key: Result<Key, Error>,
         fingerprint: Result<Fingerprint, CodecError>,
-        spec: Idempotent<T, E, P>,
+        spec: &Idempotent<T, E, P>,
         body: F,
     ) -> Result<T, E>
     where
@@ -142,7 +133,8 @@ pub(crate) mod expansion {
         F: FnOnce(&'t mut Tx) -> B,
         B: Future<Output = (Result<T, E>, &'t mut Tx)>,
     {
-        let (key, fingerprint) = spec.inputs(key, fingerprint)?;
+        let key = key.map_err(spec.into_error)?;
+        let fingerprint = fingerprint.map_err(|e| (spec.into_error)(e.into()))?;
         spec.run_lending(store, tx, key, fingerprint, body).await
     }
 }
