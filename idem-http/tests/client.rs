@@ -16,7 +16,8 @@ use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use idem::{MemoryStore, idempotent};
-use idem_http::client::{IdempotencyRetry, RequestKey, RetryError, RetryReport};
+// Through the facade, as users name it (`idem` with the feature `reqwest`).
+use idem::http::client::{IdempotencyRetry, RequestKey, RetryError, RetryReport};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use serde::{Deserialize, Serialize};
 
