@@ -390,7 +390,10 @@ impl Middleware for IdempotencyRetry {
             return next.run(req, extensions).await;
         }
         let start = Instant::now();
-        let deadline = start + self.max_total_time;
+        // `Duration::MAX` means no budget: a deadline far away, not an overflow.
+        let deadline = start
+            .checked_add(self.max_total_time)
+            .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 86_400));
 
         // A key already on the request is reused, never replaced.
         let key = match req.headers().get(&self.header) {
@@ -452,7 +455,10 @@ impl Middleware for IdempotencyRetry {
             if let (true, Some(spare)) = (retry, spare) {
                 let wait = asked.unwrap_or_else(|| self.backoff_for(attempts));
                 // A wait that ends past the budget leaves no time for the attempt after it.
-                if Instant::now() + wait < deadline {
+                if Instant::now()
+                    .checked_add(wait)
+                    .is_some_and(|end| end < deadline)
+                {
                     drop(outcome);
                     tokio::time::sleep(wait).await;
                     request = spare;

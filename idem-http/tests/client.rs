@@ -496,6 +496,29 @@ async fn a_retry_after_past_the_budget_returns_the_answer_at_once() {
     assert_eq!(server.charges(), 0);
 }
 
+#[tokio::test]
+async fn an_absurd_retry_after_ends_the_retries_without_overflow() {
+    let (url, server) = serve(vec![Fault::TooMany(u64::MAX)]).await;
+    let retry = fast().max_total_time(Duration::MAX);
+    let response = tokio::time::timeout(Duration::from_secs(3), pay(&client(retry), &url))
+        .await
+        .expect("waited for an absurd Retry-After")
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert_eq!(report(&response).attempts, 1);
+    assert_eq!(server.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn an_unbounded_budget_still_retries() {
+    let (url, server) = serve(vec![Fault::Status(503)]).await;
+    let response = pay(&client(fast().max_total_time(Duration::MAX)), &url)
+        .await
+        .unwrap();
+    assert_eq!(report(&response).attempts, 2);
+    assert_eq!(server.charges(), 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // What is never retried.
 
