@@ -74,7 +74,8 @@
 //!
 //! **What happened.** A response returned through the middleware carries a [`RetryReport`]
 //! in its [extensions](reqwest::Response::extensions): the key sent and the number of
-//! attempts.
+//! attempts. Each retry is logged at `debug` level through `tracing` (attempt, status or
+//! error, wait), without the key.
 
 use std::fmt;
 use std::sync::Arc;
@@ -459,6 +460,20 @@ impl Middleware for IdempotencyRetry {
                     .checked_add(wait)
                     .is_some_and(|end| end < deadline)
                 {
+                    match &outcome {
+                        Ok(response) => tracing::debug!(
+                            attempt = attempts,
+                            status = response.status().as_u16(),
+                            ?wait,
+                            "idempotent request: retrying with the same key"
+                        ),
+                        Err(error) => tracing::debug!(
+                            attempt = attempts,
+                            %error,
+                            ?wait,
+                            "idempotent request: retrying with the same key"
+                        ),
+                    }
                     drop(outcome);
                     tokio::time::sleep(wait).await;
                     request = spare;
