@@ -38,16 +38,47 @@ pub enum Error {
 }
 
 impl Error {
-    /// The HTTP status the IETF Idempotency-Key draft gives this error:
-    /// 400 missing or invalid key, 409 in progress, 422 payload mismatch, else 500 (a codec
-    /// or store failure, or idem configured wrongly).
+    /// The HTTP status the IETF Idempotency-Key draft gives this error: 400 missing or
+    /// invalid key, 409 in progress, 422 payload mismatch, 503 the store failed (try again
+    /// later), else 500 (a codec failure, or idem configured wrongly).
     pub fn http_status(&self) -> u16 {
         match self {
             Error::MissingKey | Error::InvalidKey => 400,
             Error::InProgress | Error::WaitTimeout => 409,
             Error::PayloadMismatch => 422,
-            Error::Codec(_) | Error::Store(_) | Error::Config(_) => 500,
+            Error::Store(StoreError::NoDefaultStore) => 500,
+            Error::Store(_) => 503,
+            Error::Codec(_) | Error::Config(_) => 500,
         }
+    }
+
+    /// Another call with this key was in progress (`InProgress`, or `WaitTimeout` after
+    /// waiting for it): the same call later replays its result or runs. HTTP 409.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::InProgress | Error::WaitTimeout)
+    }
+
+    /// The same call may succeed later: a conflict, or a store that failed (down, timed
+    /// out, the claim lost to a takeover). A consumer redelivers these (nack, requeue);
+    /// a client retries them with the same key.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::InProgress | Error::WaitTimeout => true,
+            Error::Store(StoreError::NoDefaultStore) => false,
+            Error::Store(_) => true,
+            Error::PayloadMismatch
+            | Error::MissingKey
+            | Error::InvalidKey
+            | Error::Codec(_)
+            | Error::Config(_) => false,
+        }
+    }
+
+    /// Retrying the same request can only fail the same way: a payload mismatch, a missing
+    /// or invalid key, a value that cannot be encoded or decoded, idem configured wrongly.
+    /// A consumer dead-letters these rather than redeliver them.
+    pub fn is_permanent(&self) -> bool {
+        !self.is_retryable()
     }
 }
 
@@ -175,6 +206,40 @@ impl StoreError {
         StoreError::Backend {
             op,
             source: source.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every variant is exactly one of retryable and permanent, and conflicts are retryable.
+    #[test]
+    fn every_error_is_classified() {
+        let backend = || StoreError::backend("claim", "connection refused");
+        let cases = [
+            (Error::PayloadMismatch, false, false, 422),
+            (Error::InProgress, true, true, 409),
+            (Error::MissingKey, false, false, 400),
+            (Error::InvalidKey, false, false, 400),
+            (Error::WaitTimeout, true, true, 409),
+            (
+                Error::Codec(CodecError::new("bincode", "decode", "x")),
+                false,
+                false,
+                500,
+            ),
+            (Error::Store(backend()), true, false, 503),
+            (Error::Store(StoreError::LeaseLost), true, false, 503),
+            (Error::Store(StoreError::NoDefaultStore), false, false, 500),
+            (Error::Config("table".into()), false, false, 500),
+        ];
+        for (error, retryable, conflict, status) in cases {
+            assert_eq!(error.is_retryable(), retryable, "{error:?}");
+            assert_eq!(error.is_permanent(), !retryable, "{error:?}");
+            assert_eq!(error.is_conflict(), conflict, "{error:?}");
+            assert_eq!(error.http_status(), status, "{error:?}");
         }
     }
 }
