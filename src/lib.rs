@@ -46,7 +46,7 @@
 pub use idem_core::MemoryStore;
 pub use idem_core::{
     CodecError, Error, Fingerprint, FingerprintBuilder, IntoKey, Key, KeyWriter, OnConflict,
-    Options, Store, StoreError, TxStore, purge_periodically, run_in_tx, set_default_store,
+    Options, Store, StoreError, Tracked, TxStore, purge_periodically, run_in_tx, set_default_store,
 };
 #[doc = include_str!("docs/idempotent.md")]
 pub use idem_macros::idempotent;

@@ -22,6 +22,7 @@ pub mod shape;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod tracked;
 mod tx_store;
 mod value_codec;
 
@@ -36,6 +37,7 @@ pub use options::{OnConflict, Options};
 pub use protocol::tx::run_in_tx;
 pub use purge::purge_periodically;
 pub use store::Store;
+pub use tracked::Tracked;
 pub use tx_store::TxStore;
 
 /// What the `#[idempotent]` expansion names (through `idem::__private`). Not public API.
