@@ -28,7 +28,7 @@ use std::ops::Deref;
 /// assert!(!fresh.was_replayed());
 /// assert_eq!(*fresh, 7);
 /// ```
-#[derive(Clone, Copy, Debug, Default, Hash)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Tracked<T> {
     value: T,
     replayed: bool,
