@@ -19,8 +19,8 @@ use crate::options::Options;
 use crate::{CodecError, Error, Fingerprint, Key};
 
 pub use crate::error_policy::{CacheErrors, CacheIf, ErrorPolicy, Release};
-pub use decide::Disposition;
 pub use crate::value_codec::ValueCodec;
+pub use decide::Disposition;
 
 /// One idempotent function: its [`Options`], how its output is stored, what an `Err`
 /// leaves behind, and how idem's own errors become its error type `E`.
