@@ -732,3 +732,57 @@ async fn the_extractor_feeds_idempotent_functions() {
     assert_eq!(post_key(&optional, "\"k\"", "").await.body, "key k");
     post_key(&optional, "\"k", "").await.problem(400);
 }
+
+/// A memory store that takes records of at most 64 bytes.
+struct TinyStore(MemoryStore);
+
+#[async_trait::async_trait]
+impl Store for TinyStore {
+    async fn claim(
+        &self,
+        key: &Key,
+        fingerprint: &idem::Fingerprint,
+        lease: Duration,
+    ) -> Result<idem::store::Claim, StoreError> {
+        self.0.claim(key, fingerprint, lease).await
+    }
+    async fn renew(
+        &self,
+        key: &Key,
+        token: idem::store::Token,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        self.0.renew(key, token, lease).await
+    }
+    async fn complete(
+        &self,
+        key: &Key,
+        token: idem::store::Token,
+        output: idem::store::Output,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.0.complete(key, token, output, ttl).await
+    }
+    async fn release(&self, key: &Key, token: idem::store::Token) -> Result<(), StoreError> {
+        self.0.release(key, token).await
+    }
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        self.0.purge_expired().await
+    }
+    fn max_output_len(&self) -> usize {
+        64
+    }
+}
+
+#[tokio::test]
+async fn a_response_the_store_cannot_hold_is_sent_but_not_recorded() {
+    let app = App::new();
+    let layer = IdempotencyLayer::new(TinyStore(MemoryStore::new())).unscoped();
+    let url = format!("{}/payments", serve(routes(&app).layer(layer)).await);
+    let first = post_key(&url, "k-tiny", "a request body longer than the store takes").await;
+    assert_eq!(first.status, 201, "the handler ran: its response is sent");
+    assert_eq!(first.header("x-run"), Some("1"));
+    let retry = post_key(&url, "k-tiny", "a request body longer than the store takes").await;
+    assert_eq!((retry.status, retry.replayed()), (201, false));
+    assert_eq!(app.runs(), 2, "the key was released");
+}

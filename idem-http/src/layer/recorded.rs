@@ -39,12 +39,6 @@ impl RecordedResponse {
         }
     }
 
-    /// The response again: on the owner's request, its own head (every header it set) with
-    /// the buffered body.
-    pub(crate) fn with_head(self, head: response::Parts) -> Response {
-        Response::from_parts(head, Body::from(self.body))
-    }
-
     /// The recorded response, marked `Idempotent-Replayed: true`.
     pub(crate) fn replay(self) -> Response {
         let mut response = Response::new(Body::from(self.body));

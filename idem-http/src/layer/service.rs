@@ -167,8 +167,9 @@ where
         Failure::<S::Error>::Idem,
     );
     // The owner's response keeps every header it set; only the record is cut to the kept
-    // ones. The body writes the head here for the owner's response.
-    let mut head = None;
+    // ones. The body leaves the head and the body bytes here for the owner's response (also
+    // when the store refuses the record, as the handler ran).
+    let mut head: Option<(http::response::Parts, Bytes)> = None;
     let run = async {
         let response = inner.call(request).await.map_err(Failure::Inner)?;
         let (parts, body) = response.into_parts();
@@ -177,8 +178,8 @@ where
         }
         match buffer(body, config.body_limit).await {
             Buffered::Complete(bytes) => {
-                let recorded = RecordedResponse::new(&parts, &config.kept_headers, bytes);
-                head = Some(parts);
+                let recorded = RecordedResponse::new(&parts, &config.kept_headers, bytes.clone());
+                head = Some((parts, bytes));
                 Ok(recorded)
             }
             Buffered::Partial(body) => {
@@ -195,11 +196,21 @@ where
         .await;
     match result {
         Ok(recorded) => Ok(match (disposition, head) {
-            (Disposition::Executed, Some(head)) => recorded.with_head(head),
+            (Disposition::Executed, Some((head, body))) => {
+                Response::from_parts(head, Body::from(body))
+            }
             _ => recorded.replay(),
         }),
         Err(Failure::Pass(response)) => Ok(response),
         Err(Failure::Inner(e)) => Err(e),
+        Err(Failure::Idem(e))
+            if let (Disposition::Executed, Some((head, body))) = (disposition, head) =>
+        {
+            // The handler ran but its response could not be recorded (larger than the
+            // store takes, say): the client gets it all the same; the key was released.
+            tracing::warn!(error = %e, "response not recorded; the key is released");
+            Ok(Response::from_parts(head, Body::from(body)))
+        }
         Err(Failure::Idem(e)) => {
             let retry_after = match disposition {
                 Disposition::InProgress { retry_after } => retry_after,
