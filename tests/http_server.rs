@@ -411,9 +411,11 @@ async fn two_tenants_with_one_key_run_twice(store: Arc<dyn Store>) {
     assert_eq!(a_again.body, a.body);
     assert_eq!(app.runs(), 2);
 
-    // A key without a tenant is refused, not run.
+    // A key without a tenant (or with an empty one) is refused, not run.
     let reply = post_key(&url, "shared-key", "same").await;
-    reply.problem(400);
+    assert_eq!(reply.problem(400)["title"], "Idempotency scope is missing");
+    let reply = as_tenant("").await;
+    assert_eq!(reply.problem(400)["title"], "Idempotency scope is missing");
     assert_eq!(app.runs(), 2);
 }
 

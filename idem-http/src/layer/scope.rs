@@ -68,6 +68,9 @@ impl ScopeRule for Unscoped {
 
 impl ScopeRule for Scoped {
     fn scope_of(&self, parts: &Parts) -> Option<Tenant> {
-        (self.0)(parts).map(Tenant::One)
+        // An empty tenant names no one: refused like `None`, not taken as a shared scope.
+        (self.0)(parts)
+            .filter(|tenant| !tenant.is_empty())
+            .map(Tenant::One)
     }
 }
