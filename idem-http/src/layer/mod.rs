@@ -80,8 +80,9 @@ pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 /// ```
 #[derive(Clone)]
 pub struct IdempotencyLayer<Sc = Unset> {
-    config: Config,
-    scope: Sc,
+    /// Shared with every service it makes: axum may apply a layer to a route on each
+    /// request, and then a clone must not copy the settings.
+    shared: Arc<(Config, Sc)>,
 }
 
 /// The layer's settings, shared by every clone of its service.
@@ -107,8 +108,8 @@ impl IdempotencyLayer<Unset> {
     ///
     /// Next, say how keys are scoped: [`scope`](Self::scope) or [`unscoped`](Self::unscoped).
     pub fn new<St: Store + 'static>(store: St) -> Self {
-        IdempotencyLayer {
-            config: Config {
+        IdempotencyLayer::with(
+            Config {
                 store: Arc::new(store),
                 header: HeaderName::from_static("idempotency-key"),
                 header_title: IDEMPOTENCY_KEY.to_owned(),
@@ -121,8 +122,8 @@ impl IdempotencyLayer<Unset> {
                 options: Options::new(DEFAULT_NAMESPACE),
                 codec: ValueCodec::new::<Bincode>(),
             },
-            scope: Unset,
-        }
+            Unset,
+        )
     }
 
     /// Keys are per tenant: `scope` returns the request's tenant (say, the account your
@@ -135,20 +136,14 @@ impl IdempotencyLayer<Unset> {
     where
         F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
     {
-        IdempotencyLayer {
-            config: self.config,
-            scope: Scoped(Arc::new(scope)),
-        }
+        IdempotencyLayer::with(self.into_config(), Scoped(Arc::new(scope)))
     }
 
     /// Keys are global: a key means one record whoever sends it. Right when keys are
     /// unguessable and clients are trusted (one client, or keys that are UUIDs); otherwise
     /// prefer [`scope`](Self::scope).
     pub fn unscoped(self) -> IdempotencyLayer<Unscoped> {
-        IdempotencyLayer {
-            config: self.config,
-            scope: Unscoped,
-        }
+        IdempotencyLayer::with(self.into_config(), Unscoped)
     }
 }
 
@@ -157,10 +152,25 @@ fn default_record_if(status: StatusCode) -> bool {
     !status.is_server_error() && status != StatusCode::TOO_MANY_REQUESTS
 }
 
-impl<Sc> IdempotencyLayer<Sc> {
+impl<Sc: Clone> IdempotencyLayer<Sc> {
+    fn with(config: Config, scope: Sc) -> Self {
+        IdempotencyLayer {
+            shared: Arc::new((config, scope)),
+        }
+    }
+
+    fn into_config(self) -> Config {
+        Arc::unwrap_or_clone(self.shared).0
+    }
+
+    /// The settings, to change while the layer is being built.
+    fn config(&mut self) -> &mut Config {
+        &mut Arc::make_mut(&mut self.shared).0
+    }
+
     /// A request without the key header is refused with 400 instead of passed through.
     pub fn require_key(mut self) -> Self {
-        self.config.require_key = true;
+        self.config().require_key = true;
         self
     }
 
@@ -168,28 +178,28 @@ impl<Sc> IdempotencyLayer<Sc> {
     /// `timeout`) and gets its response replayed, instead of 409 at once. If the first
     /// fails without a record (5xx, a panic), the duplicate runs. After `timeout`: 409.
     pub fn wait(mut self, timeout: Duration) -> Self {
-        self.config.options.on_conflict = OnConflict::Wait;
-        self.config.options.wait_timeout = timeout;
+        self.config().options.on_conflict = OnConflict::Wait;
+        self.config().options.wait_timeout = timeout;
         self
     }
 
     /// The methods the layer applies to (POST and PATCH by default); others pass through.
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
-        self.config.methods = methods.into_iter().collect();
+        self.config().methods = methods.into_iter().collect();
         self
     }
 
     /// The header the key is read from (`Idempotency-Key` by default; PayPal's APIs use
     /// `PayPal-Request-Id`).
     pub fn header(mut self, name: HeaderName) -> Self {
-        self.config.header_title = title_case(name.as_str());
-        self.config.header = name;
+        self.config().header_title = title_case(name.as_str());
+        self.config().header = name;
         self
     }
 
     /// The longest key accepted, in characters (255 by default); longer → 400.
     pub fn max_key_len(mut self, chars: usize) -> Self {
-        self.config.max_key_len = chars;
+        self.config().max_key_len = chars;
         self
     }
 
@@ -198,50 +208,50 @@ impl<Sc> IdempotencyLayer<Sc> {
     /// is but not recorded (the key is released and a retry runs again; a warning is
     /// logged).
     pub fn body_limit(mut self, bytes: usize) -> Self {
-        self.config.body_limit = bytes;
+        self.config().body_limit = bytes;
         self
     }
 
     /// The response headers recorded and replayed (`content-type` and `location` by
     /// default). The first response keeps all its headers; replays get these.
     pub fn keep_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
-        self.config.kept_headers = names.into_iter().collect();
+        self.config().kept_headers = names.into_iter().collect();
         self
     }
 
     /// Which responses are recorded (by default all but 5xx and 429). A response that is
     /// not recorded is sent as it is and its key released: a retry runs again.
     pub fn record_if(mut self, record: fn(StatusCode) -> bool) -> Self {
-        self.config.record_if = record;
+        self.config().record_if = record;
         self
     }
 
     /// How long a recorded response is replayed (24 hours by default).
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.config.options.ttl = ttl;
+        self.config().options.ttl = ttl;
         self
     }
 
     /// How long a running request's claim lives without renewal (30 s by default; it is
     /// renewed while the handler runs, so this bounds the recovery after a crash).
     pub fn lease(mut self, lease: Duration) -> Self {
-        self.config.options.lease = lease;
+        self.config().options.lease = lease;
         self
     }
 
     /// The namespace of the layer's records (`idem::http` by default): layers on one store
     /// that must not see each other's keys need different ones.
     pub fn namespace(mut self, namespace: &'static str) -> Self {
-        self.config.options.namespace = namespace;
+        self.config().options.namespace = namespace;
         self
     }
 }
 
 impl<Sc: fmt::Debug> fmt::Debug for IdempotencyLayer<Sc> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let c = &self.config;
+        let (c, scope) = &*self.shared;
         f.debug_struct("IdempotencyLayer")
-            .field("scope", &self.scope)
+            .field("scope", scope)
             .field("header", &c.header)
             .field("methods", &c.methods)
             .field("require_key", &c.require_key)
@@ -257,7 +267,7 @@ impl<S, Sc: ScopeRule> Layer<S> for IdempotencyLayer<Sc> {
     type Service = IdempotencyService<S, Sc>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        IdempotencyService::new(inner, Arc::new((self.config.clone(), self.scope.clone())))
+        IdempotencyService::new(inner, self.shared.clone())
     }
 }
 
