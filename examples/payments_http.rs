@@ -18,17 +18,20 @@
 //!      -H 'Content-Type: application/json' -d '{"amount":100,"currency":"eur"}' & sleep 0.5
 //! curl -i localhost:3000/payments -H 'X-Account-Id: acct_1' -H 'Idempotency-Key: txn_002' \
 //!      -H 'Content-Type: application/json' -d '{"amount":100,"currency":"eur"}'
+//! # a handler that calls an #[idempotent] function itself, and says when it replayed
+//! curl -i localhost:3000/refunds -H 'X-Account-Id: acct_1' -H 'Idempotency-Key: "rf_1"' \
+//!      -H 'Content-Type: application/json' -d '{"payment":"pay_000001","amount":500}'
 //! # how many duplicates were absorbed: idem_replays_total, idem_conflicts_total, ...
 //! curl localhost:3000/metrics
 //! ```
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use idem::Store;
-use idem::http::IdempotencyLayer;
+use idem::http::{IdempotencyKey, IdempotencyLayer, problem};
+use idem::{Store, Tracked, idempotent};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,6 +76,61 @@ async fn create_payment(
     )
 }
 
+#[derive(Serialize, Deserialize)]
+struct NewRefund {
+    payment: String,
+    amount: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Refund {
+    payment: String,
+    amount: u64,
+    status: String,
+}
+
+/// The macro on a function the handler calls, keyed by the request's `Idempotency-Key`
+/// within its account; `Tracked` says whether this call ran the refund or replayed it.
+#[idempotent(key = key, scope = account, store = store, skip(store))]
+async fn refund(
+    store: &Arc<dyn Store>,
+    account: String,
+    key: IdempotencyKey,
+    new: NewRefund,
+) -> Result<Tracked<Refund>, idem::Error> {
+    println!("refunded {} of {}", new.amount, new.payment);
+    Ok(Tracked::new(Refund {
+        payment: new.payment,
+        amount: new.amount,
+        status: "refunded".to_owned(),
+    }))
+}
+
+async fn create_refund(
+    State(store): State<Arc<dyn Store>>,
+    headers: HeaderMap,
+    key: IdempotencyKey,
+    Json(new): Json<NewRefund>,
+) -> Response {
+    let Some(account) = headers.get("x-account-id").and_then(|v| v.to_str().ok()) else {
+        return (StatusCode::UNAUTHORIZED, "X-Account-Id is missing").into_response();
+    };
+    match refund(&store, account.to_owned(), key, new).await {
+        Ok(refund) => {
+            let mut response = Json(&*refund).into_response();
+            *response.status_mut() = StatusCode::CREATED;
+            if refund.was_replayed() {
+                let replayed = header::HeaderValue::from_static("true");
+                response
+                    .headers_mut()
+                    .insert("idempotent-replayed", replayed);
+            }
+            response
+        }
+        Err(e) => problem(&e), // 409 / 422 / 503 as problem+json
+    }
+}
+
 async fn store() -> Result<Arc<dyn Store>, Box<dyn std::error::Error>> {
     if let Ok(url) = std::env::var("DATABASE_URL") {
         let pool = sqlx::PgPool::connect(&url).await?;
@@ -96,7 +154,8 @@ async fn store() -> Result<Arc<dyn Store>, Box<dyn std::error::Error>> {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // idem's counters (feature `metrics`), served in the Prometheus text format.
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
-    let idempotency = IdempotencyLayer::new(store().await?)
+    let store = store().await?;
+    let idempotency = IdempotencyLayer::new(store.clone())
         // Whose key is it? Here a header; in your service, the authenticated account.
         .scope(|parts| {
             let account = parts.headers.get("x-account-id")?;
@@ -107,7 +166,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_state(Arc::new(AtomicU64::new(0)))
         .layer(idempotency)
         // Outside the layer: GET passes through it anyway, but /metrics needs none of it.
-        .route("/metrics", get(move || async move { prometheus.render() }));
+        .route("/metrics", get(move || async move { prometheus.render() }))
+        // Not behind the layer: the handler makes its own call idempotent.
+        .merge(
+            Router::new()
+                .route("/refunds", post(create_refund))
+                .with_state(store),
+        );
     let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening on http://{addr}");
