@@ -90,8 +90,9 @@ pub mod sqlx {
     pub use idem_sqlx::{ClaimOrder, SqlStore};
 }
 
-/// The Redis store (feature `redis`): `idem::redis::RedisStore::connect(url)`, one round
-/// trip per operation, fenced, records expired by the server.
+/// The Redis store (feature `redis`): `idem::redis::RedisStore::connect(url)` (or
+/// `connect_cluster(nodes)`), one round trip per operation, fenced, records expired by the
+/// server.
 #[cfg(feature = "redis")]
 pub mod redis {
     pub use idem_redis::*;

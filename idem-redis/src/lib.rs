@@ -8,6 +8,9 @@
 //! # let _ = store; Ok(()) }
 //! ```
 //!
+//! On a Redis Cluster, [`RedisStore::connect_cluster`] takes the addresses of some of its
+//! nodes; records spread over the slots by their digest.
+//!
 //! Each record is one Redis hash, `{prefix}{hex key digest}`, whose expiry is the lease while
 //! the call runs and the TTL once it completed: the server's clock decides, and Redis itself
 //! removes what expired (so [`purge_expired`](idem_core::Store::purge_expired) has nothing
@@ -15,6 +18,7 @@
 //! `EVALSHA`), fenced by the claim's token, and touches that one key only.
 
 mod cancel;
+mod conn;
 mod error;
 mod prefix;
 mod reply;

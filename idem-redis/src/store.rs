@@ -4,11 +4,13 @@ use async_trait::async_trait;
 use idem_core::store::{Claim, Output, Token};
 use idem_core::{Error, Fingerprint, Key, Store, StoreError};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cancel::{ClaimGuard, release_in_background};
+use crate::conn::Conn;
 use crate::error::backend;
 use crate::prefix::{self, DEFAULT_PREFIX};
 use crate::reply;
@@ -25,6 +27,11 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_RETRIES: usize = 2;
 const CONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
 
+/// How many times a cluster request is retried (after `MOVED`, `TRYAGAIN`, a lost node)
+/// before it fails: the client's default is 16, which blocks a call for seconds while a
+/// node is down; a slot migration or failover needs a few.
+const CLUSTER_RETRIES: u32 = 4;
+
 /// The longest expiry set, in milliseconds (about 1,100 years): Redis refuses an expiry
 /// whose deadline overflows, and `Duration::MAX` would.
 const MAX_EXPIRY_MS: u64 = 1 << 45;
@@ -39,15 +46,16 @@ const MAX_EXPIRY_MS: u64 = 1 << 45;
 /// Each script touches only the record's key, so every operation stays in one slot of a
 /// Redis Cluster.
 ///
-/// Cloning is cheap and shares the connection (a multiplexed [`ConnectionManager`], which
-/// reconnects by itself after the server went away).
+/// Cloning is cheap and shares the connection (a multiplexed [`ConnectionManager`], or a
+/// [`ClusterConnection`] on a cluster; both reconnect by themselves after a server went
+/// away).
 ///
 /// Durability is Redis': with its default persistence a restart or a failover can lose the
 /// most recent records, and a retry of such a call runs its body again. See README's
 /// "Redis" section.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: Arc<str>,
 }
 
@@ -77,23 +85,52 @@ impl RedisStore {
             .get_connection_manager_with_config(config)
             .await
             .map_err(backend("connect"))?;
-        // Loaded now so that the first calls run by EVALSHA; a server that forgets them (a
-        // restart) gets them again on NOSCRIPT.
-        for script in SCRIPTS.all() {
-            script
-                .prepare_invoke()
-                .load_async(&mut conn)
-                .await
-                .map_err(backend("connect"))?;
-        }
+        load_scripts(&mut conn).await?;
         Ok(RedisStore::from_manager(conn))
+    }
+
+    /// Connects to the Redis Cluster that the nodes at `nodes` (some or all of its
+    /// primaries, `redis://host:port`) belong to, and loads the scripts on every node. Keys
+    /// get the prefix [`DEFAULT_PREFIX`].
+    ///
+    /// Invalid URLs are [`Error::Config`]; a cluster that cannot be reached is
+    /// [`Error::Store`].
+    pub async fn connect_cluster<I, S>(nodes: I) -> Result<RedisStore, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let nodes: Vec<String> = nodes.into_iter().map(|n| n.as_ref().to_owned()).collect();
+        if nodes.is_empty() {
+            return Err(Error::Config("no Redis Cluster node given".into()));
+        }
+        let client = redis::cluster::ClusterClient::builder(nodes)
+            .response_timeout(RESPONSE_TIMEOUT)
+            .retries(CLUSTER_RETRIES)
+            .build()
+            .map_err(|e| Error::Config(format!("invalid Redis Cluster nodes: {e}")))?;
+        let mut conn = client
+            .get_async_connection()
+            .await
+            .map_err(backend("connect"))?;
+        load_scripts(&mut conn).await?;
+        Ok(RedisStore::from_cluster(conn))
     }
 
     /// A store on a connection you made (with your own timeouts, TLS or credentials), with
     /// the prefix [`DEFAULT_PREFIX`]. The scripts are loaded on first use.
     pub fn from_manager(conn: ConnectionManager) -> RedisStore {
         RedisStore {
-            conn,
+            conn: Conn::Single(conn),
+            prefix: Arc::from(DEFAULT_PREFIX),
+        }
+    }
+
+    /// A store on a Redis Cluster connection you made, with the prefix [`DEFAULT_PREFIX`].
+    /// The scripts are loaded on first use.
+    pub fn from_cluster(conn: ClusterConnection) -> RedisStore {
+        RedisStore {
+            conn: Conn::Cluster(conn),
             prefix: Arc::from(DEFAULT_PREFIX),
         }
     }
@@ -129,6 +166,20 @@ impl RedisStore {
         }
         out
     }
+}
+
+/// Loads every script (on a cluster, `SCRIPT LOAD` goes to every node), so that the first
+/// calls run by `EVALSHA`; a server that forgets them (a restart) gets them again on
+/// `NOSCRIPT`.
+async fn load_scripts(conn: &mut impl redis::aio::ConnectionLike) -> Result<(), Error> {
+    for script in SCRIPTS.all() {
+        script
+            .prepare_invoke()
+            .load_async(conn)
+            .await
+            .map_err(backend("connect"))?;
+    }
+    Ok(())
 }
 
 /// A fresh fencing token: 64 random bits. Made on the client rather than by a counter in
