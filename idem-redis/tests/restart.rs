@@ -8,68 +8,15 @@ use idem::idempotent;
 use idem::redis::RedisStore;
 use idem::redis::redis;
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use support::{Server, connect_retrying, free_port};
 
 #[idempotent(key = key, store = store, skip(runs))]
 async fn work(store: &RedisStore, runs: &AtomicUsize, key: &str) -> Result<u64, idem::Error> {
     runs.fetch_add(1, Ordering::SeqCst);
     Ok(key.len() as u64)
-}
-
-/// A `redis-server` child on `port`, killed when dropped.
-struct Server(Child);
-
-impl Server {
-    fn start(port: u16) -> std::io::Result<Server> {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        Ok(Server(child))
-    }
-
-    /// Waits for the process to exit (after `SHUTDOWN NOSAVE`).
-    fn wait_exit(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("redis-server did not exit after SHUTDOWN NOSAVE");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// Connects to the test-owned server, retrying while it starts.
-async fn connect(url: &str) -> RedisStore {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match RedisStore::connect(url).await {
-            Ok(store) => return store,
-            Err(e) if Instant::now() > deadline => panic!("test redis-server never came up: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
 }
 
 async fn shutdown_nosave(url: &str) {
@@ -87,22 +34,18 @@ async fn shutdown_nosave(url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_mid_stream_is_a_clean_store_error_then_recovers() {
-    if Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var("IDEM_REQUIRE_SERVERS").as_deref() != Ok("1"),
-            "redis-server is required (IDEM_REQUIRE_SERVERS=1) but not installed"
-        );
-        let _ = writeln!(std::io::stderr(), "note: skipping: no redis-server binary");
+    if !support::have_redis_server() {
         return;
     }
     let port = free_port();
     let url = format!("redis://127.0.0.1:{port}");
     let mut server = Server::start(port).expect("start redis-server");
-    let store = Arc::new(connect(&url).await.with_prefix("restart:").unwrap());
+    let store = Arc::new(
+        connect_retrying(&url)
+            .await
+            .with_prefix("restart:")
+            .unwrap(),
+    );
     let runs = Arc::new(AtomicUsize::new(0));
 
     // A stream of calls, each with a new key, that runs across the shutdown.

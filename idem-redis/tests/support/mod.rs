@@ -8,7 +8,9 @@
 
 use idem::redis::RedisStore;
 use std::io::Write;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The server's URL.
@@ -49,6 +51,78 @@ pub(crate) async fn store(what: &str) -> Option<RedisStore> {
                  IDEM_TEST_REDIS_URL, or IDEM_REQUIRE_SERVERS=1 to fail instead"
             );
             None
+        }
+    }
+}
+
+/// Whether `redis-server` is installed; if not, says so and skips — or fails, when
+/// servers are required.
+pub(crate) fn have_redis_server() -> bool {
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        return true;
+    }
+    assert!(
+        !required(),
+        "redis-server is required (IDEM_REQUIRE_SERVERS=1) but not installed"
+    );
+    let _ = writeln!(std::io::stderr(), "note: skipping: no redis-server binary");
+    false
+}
+
+/// A `redis-server` child on `port` (no persistence), killed when dropped: a server a test
+/// may restart or inspect without disturbing the shared one.
+pub(crate) struct Server(Child);
+
+impl Server {
+    pub(crate) fn start(port: u16) -> std::io::Result<Server> {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(Server(child))
+    }
+
+    /// Waits for the process to exit (after `SHUTDOWN NOSAVE`).
+    pub(crate) fn wait_exit(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not exit after SHUTDOWN NOSAVE");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Connects to the test-owned server, retrying while it starts.
+pub(crate) async fn connect_retrying(url: &str) -> RedisStore {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match RedisStore::connect(url).await {
+            Ok(store) => return store,
+            Err(e) if Instant::now() > deadline => panic!("test redis-server never came up: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
 }
