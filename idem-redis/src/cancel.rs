@@ -31,8 +31,10 @@ pub(crate) fn release_in_background(store: &RedisStore, key: &Key, token: Token)
 /// own until its lease ran out. The token is made here, before the script is sent, so if the
 /// guard is dropped before [`disarm`](ClaimGuard::disarm) it releases exactly that token on
 /// a task. The release goes through the same multiplexed connection, so Redis runs it after
-/// the claim; if the claim never reached Redis it finds nothing to release. Costs nothing
-/// unless cancelled.
+/// the claim; if the claim never reached Redis it finds nothing to release. (On a cluster
+/// both go to the primary that owns the key's slot, over its one connection; should the
+/// connection drop or the slot move between the two, the release may miss, and the lease
+/// bounds the damage.) Costs nothing unless cancelled.
 pub(crate) struct ClaimGuard<'a> {
     store: &'a RedisStore,
     key: &'a Key,
