@@ -90,6 +90,14 @@ pub mod sqlx {
     pub use idem_sqlx::{ClaimOrder, SqlStore};
 }
 
+/// The Redis store (feature `redis`): `idem::redis::RedisStore::connect(url)` (or
+/// `connect_cluster(nodes)`), one round trip per operation, fenced, records expired by the
+/// server.
+#[cfg(feature = "redis")]
+pub mod redis {
+    pub use idem_redis::*;
+}
+
 /// HTTP: the `Idempotency-Key` header on axum/tower (feature `axum`) and a client that
 /// retries with the same key (feature `reqwest`).
 #[cfg(any(feature = "axum", feature = "reqwest"))]

@@ -1,0 +1,128 @@
+//! The Redis server as tests see it: where it is, and a store under a prefix of its own.
+//!
+//! The server comes from `IDEM_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`). If it
+//! cannot be reached the test is skipped with a note on the terminal — a failure instead when
+//! `IDEM_REQUIRE_SERVERS=1`, as in CI.
+
+#![allow(dead_code)] // each test file uses part of it
+
+use idem::redis::RedisStore;
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The server's URL.
+pub(crate) fn url() -> String {
+    std::env::var("IDEM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Whether an unreachable server fails the test instead of skipping it.
+fn required() -> bool {
+    std::env::var("IDEM_REQUIRE_SERVERS").is_ok_and(|v| v == "1")
+}
+
+/// A prefix no other run or test uses: process id, time, and a counter.
+pub(crate) fn unique_prefix(what: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("idem-test:{what}:{}-{nanos}-{n}:", std::process::id())
+}
+
+/// A store on the test server under a fresh prefix, or `None` (skipped, with a note) when
+/// the server cannot be reached and servers are not required.
+pub(crate) async fn store(what: &str) -> Option<RedisStore> {
+    let url = url();
+    match RedisStore::connect(&url).await {
+        Ok(store) => Some(
+            store
+                .with_prefix(&unique_prefix(what))
+                .expect("the test prefix is valid"),
+        ),
+        Err(e) if required() => panic!("Redis at {url} is required (IDEM_REQUIRE_SERVERS=1): {e}"),
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: skipping {what}: Redis at {url} is not reachable ({e}); set \
+                 IDEM_TEST_REDIS_URL, or IDEM_REQUIRE_SERVERS=1 to fail instead"
+            );
+            None
+        }
+    }
+}
+
+/// Whether `redis-server` is installed; if not, says so and skips — or fails, when
+/// servers are required.
+pub(crate) fn have_redis_server() -> bool {
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        return true;
+    }
+    assert!(
+        !required(),
+        "redis-server is required (IDEM_REQUIRE_SERVERS=1) but not installed"
+    );
+    let _ = writeln!(std::io::stderr(), "note: skipping: no redis-server binary");
+    false
+}
+
+/// A `redis-server` child on `port` (no persistence), killed when dropped: a server a test
+/// may restart or inspect without disturbing the shared one.
+pub(crate) struct Server(Child);
+
+impl Server {
+    pub(crate) fn start(port: u16) -> std::io::Result<Server> {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(Server(child))
+    }
+
+    /// Waits for the process to exit (after `SHUTDOWN NOSAVE`).
+    pub(crate) fn wait_exit(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not exit after SHUTDOWN NOSAVE");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Connects to the test-owned server, retrying while it starts.
+pub(crate) async fn connect_retrying(url: &str) -> RedisStore {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match RedisStore::connect(url).await {
+            Ok(store) => return store,
+            Err(e) if Instant::now() > deadline => panic!("test redis-server never came up: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
