@@ -7,53 +7,9 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use idem::MemoryStore;
 use idem::http::IdempotencyLayer;
-use metrics::{
-    Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
-};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
-/// Counters by `name{outcome}`, for the layer's namespace only.
-#[derive(Default)]
-struct Counts(Mutex<HashMap<String, Arc<Count>>>);
-
-#[derive(Default)]
-struct Count(AtomicU64);
-
-impl CounterFn for Count {
-    fn increment(&self, value: u64) {
-        self.0.fetch_add(value, Ordering::SeqCst);
-    }
-    fn absolute(&self, value: u64) {
-        self.0.store(value, Ordering::SeqCst);
-    }
-}
-
-impl Recorder for Counts {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        let label = |name: &str| {
-            key.labels()
-                .find(|l| l.key() == name)
-                .map(|l| l.value().to_owned())
-        };
-        if label("function").as_deref() != Some("tests.http.metrics") {
-            return Counter::noop();
-        }
-        let outcome = label("outcome").unwrap_or_default();
-        let name = format!("{}{{{outcome}}}", key.name());
-        Counter::from_arc(self.0.lock().unwrap().entry(name).or_default().clone())
-    }
-    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::noop()
-    }
-    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
-        Histogram::noop()
-    }
-}
+mod support;
+use support::counters::Counters;
 
 async fn request(client: &reqwest::Client, url: &str, key: &str, body: &str) -> u16 {
     let response = client
@@ -68,7 +24,7 @@ async fn request(client: &reqwest::Client, url: &str, key: &str, body: &str) -> 
 
 #[test]
 fn layer_outcomes_are_counted() {
-    let recorder = Counts::default();
+    let recorder = Counters::default();
     metrics::with_local_recorder(&recorder, || {
         // One thread: the server's tasks run under the recorder too.
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -96,19 +52,18 @@ fn layer_outcomes_are_counted() {
             assert_eq!(request(&client, &fail, "k2", "a").await, 502);
         });
     });
-    let counts = recorder.0.lock().unwrap();
-    let get = |name: &str| counts.get(name).map_or(0, |c| c.0.load(Ordering::SeqCst));
+    let get = |name: &str, outcome: &str| {
+        recorder.total(
+            name,
+            &[("function", "tests.http.metrics"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(get("idem_executions_total", "executed"), 1);
     assert_eq!(
-        get("idem_executions_total{executed}"),
-        1,
-        "{:?}",
-        counts.keys()
-    );
-    assert_eq!(
-        get("idem_executions_total{released}"),
+        get("idem_executions_total", "released"),
         1,
         "the 502 released its key"
     );
-    assert_eq!(get("idem_replays_total{replayed}"), 2);
-    assert_eq!(get("idem_mismatches_total{mismatch}"), 1);
+    assert_eq!(get("idem_replays_total", "replayed"), 2);
+    assert_eq!(get("idem_mismatches_total", "mismatch"), 1);
 }

@@ -55,6 +55,9 @@ impl Calls {
     }
 }
 
+#[cfg(feature = "metrics")]
+pub mod counters;
+
 #[cfg(all(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 pub mod sql;
 
