@@ -39,7 +39,8 @@ pub struct IdempotencyKey(String);
 impl IdempotencyKey {
     /// Parses a header value: an sf-string or a bare key, not empty, at most 255 characters.
     pub fn parse(value: &str) -> Result<Self, KeyError> {
-        header::parse(value.as_bytes(), DEFAULT_MAX_KEY_LEN).map(IdempotencyKey)
+        header::parse(value.as_bytes(), DEFAULT_MAX_KEY_LEN)
+            .map(|key| IdempotencyKey(key.into_owned()))
     }
 
     /// The key (without the quotes of the sf-string form).
@@ -57,7 +58,7 @@ impl IdempotencyKey {
             parts.headers.get_all(IDEMPOTENCY_KEY).iter(),
             DEFAULT_MAX_KEY_LEN,
         )
-        .map(IdempotencyKey)
+        .map(|key| IdempotencyKey(key.into_owned()))
         .map_err(KeyRejection)
     }
 }

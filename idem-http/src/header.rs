@@ -1,6 +1,8 @@
 //! The idempotency key header: an RFC 8941 sf-string (`"abc"`), or a bare value (`abc`, as
 //! Stripe's clients send it) taken as the same key.
 
+use std::borrow::Cow;
+
 use http::HeaderValue;
 
 /// The header the IETF draft (draft-ietf-httpapi-idempotency-key-header) names.
@@ -35,11 +37,11 @@ pub enum KeyError {
 }
 
 /// The key in a request's header values (all of them: a repeated header is refused, as two
-/// keys cannot both be the request's).
+/// keys cannot both be the request's). Borrowed from the header unless it has escapes.
 pub(crate) fn key_of<'a>(
     mut values: impl Iterator<Item = &'a HeaderValue>,
     max_len: usize,
-) -> Result<String, KeyError> {
+) -> Result<Cow<'a, str>, KeyError> {
     let value = values.next().ok_or(KeyError::Missing)?;
     if values.next().is_some() {
         return Err(KeyError::Repeated);
@@ -48,7 +50,7 @@ pub(crate) fn key_of<'a>(
 }
 
 /// One header value's key.
-pub(crate) fn parse(value: &[u8], max_len: usize) -> Result<String, KeyError> {
+pub(crate) fn parse(value: &[u8], max_len: usize) -> Result<Cow<'_, str>, KeyError> {
     let value = value.trim_ascii();
     let key = if value.first() == Some(&b'"') {
         sf_string(value)?
@@ -67,12 +69,19 @@ pub(crate) fn parse(value: &[u8], max_len: usize) -> Result<String, KeyError> {
 
 /// `"..."`, with `\"` and `\\` escapes and optional parameters (ignored, as RFC 8941 says
 /// unknown parameters are).
-fn sf_string(value: &[u8]) -> Result<String, KeyError> {
+fn sf_string(value: &[u8]) -> Result<Cow<'_, str>, KeyError> {
+    // The common case, `"abc"` without escapes or parameters, is the bytes between the
+    // quotes (an sf-string's characters are printable ASCII); anything else goes to `sfv`.
+    if let [b'"', inner @ .., b'"'] = value
+        && let Some(key) = plain_sf_chars(inner)
+    {
+        return Ok(Cow::Borrowed(key));
+    }
     let item = sfv::Parser::new(value)
         .parse_item::<sfv::Item>()
         .map_err(|_| KeyError::Malformed("not a valid structured-field string"))?;
     match item.bare_item {
-        sfv::BareItem::String(s) => Ok(s.as_str().to_owned()),
+        sfv::BareItem::String(s) => Ok(Cow::Owned(s.as_str().to_owned())),
         _ => Err(KeyError::Malformed("not a structured-field string")),
     }
 }
@@ -80,7 +89,7 @@ fn sf_string(value: &[u8]) -> Result<String, KeyError> {
 /// A key sent without quotes: visible ASCII, no quote or backslash (those would be
 /// ambiguous with the quoted form). UUIDs, which are not sf-tokens (they may start with a
 /// digit), are accepted as they are.
-fn bare(value: &[u8]) -> Result<String, KeyError> {
+fn bare(value: &[u8]) -> Result<Cow<'_, str>, KeyError> {
     if let Some(&c) = value
         .iter()
         .find(|&&c| !c.is_ascii_graphic() || c == b'"' || c == b'\\')
@@ -94,7 +103,20 @@ fn bare(value: &[u8]) -> Result<String, KeyError> {
         }));
     }
     // Only ASCII bytes passed the check above.
-    Ok(String::from_utf8_lossy(value).into_owned())
+    Ok(String::from_utf8_lossy(value))
+}
+
+/// The bytes as a string if they are all sf-string characters other than `"` and `\\`
+/// (printable ASCII, space included): an sf-string's content without escapes.
+fn plain_sf_chars(inner: &[u8]) -> Option<&str> {
+    if inner
+        .iter()
+        .all(|&c| (b' '..=b'~').contains(&c) && c != b'"' && c != b'\\')
+    {
+        std::str::from_utf8(inner).ok()
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -102,7 +124,7 @@ mod tests {
     use super::*;
 
     fn key(v: &str) -> Result<String, KeyError> {
-        parse(v.as_bytes(), DEFAULT_MAX_KEY_LEN)
+        parse(v.as_bytes(), DEFAULT_MAX_KEY_LEN).map(Cow::into_owned)
     }
 
     #[test]
@@ -110,6 +132,14 @@ mod tests {
         assert_eq!(key("\"abc\"").unwrap(), "abc");
         assert_eq!(key("abc").unwrap(), "abc");
         assert_eq!(key("  \"abc\"  ").unwrap(), "abc");
+    }
+
+    #[test]
+    fn plain_keys_are_borrowed() {
+        assert!(matches!(parse(b"abc", 255), Ok(Cow::Borrowed("abc"))));
+        assert!(matches!(parse(b"\"a b\"", 255), Ok(Cow::Borrowed("a b"))));
+        assert!(matches!(parse(br#""a\"b""#, 255), Ok(Cow::Owned(k)) if k == "a\"b"));
+        assert!(matches!(parse(b"\"abc\";v=\"x\"", 255), Ok(Cow::Owned(k)) if k == "abc"));
     }
 
     #[test]

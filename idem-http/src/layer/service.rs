@@ -76,6 +76,10 @@ where
         // The service that was polled ready is the one to call; leave a fresh clone behind.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
+        // Other methods pass before anything else (and in a smaller future).
+        if !self.shared.0.methods.contains(request.method()) {
+            return Box::pin(pass(inner, request));
+        }
         Box::pin(handle(self.shared.clone(), inner, request))
     }
 }
@@ -108,23 +112,23 @@ where
     Sc: ScopeRule,
 {
     let (config, scope) = &*shared;
-    if !config.methods.contains(request.method()) {
-        return pass(inner, request).await;
-    }
+    let (parts, body) = request.into_parts();
+    // Borrowed from the request's header (unless it has escapes).
     let key = match header::key_of(
-        request.headers().get_all(&config.header).iter(),
+        parts.headers.get_all(&config.header).iter(),
         config.max_key_len,
     ) {
         Ok(key) => key,
-        Err(KeyError::Missing) if !config.require_key => return pass(inner, request).await,
+        Err(KeyError::Missing) if !config.require_key => {
+            return pass(inner, Request::from_parts(parts, body)).await;
+        }
         Err(e) => return Ok(Problem::bad_key(&config.header_title, &e).into_response()),
     };
-    let (parts, body) = request.into_parts();
     let Some(tenant) = scope.scope_of(&parts) else {
         return Ok(no_scope(&config.header_title));
     };
-    let body = match Limited::new(body, config.body_limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
+    let body = match read_request(body, config.body_limit).await {
+        Ok(bytes) => bytes,
         Err(e) if e.is::<LengthLimitError>() => return Ok(too_large(config.body_limit)),
         Err(e) => {
             tracing::debug!(error = %e, "could not read the request body");
@@ -139,8 +143,8 @@ where
 
     let namespace = config.options.namespace;
     let key = match &tenant {
-        Tenant::One(tenant) => Key::scoped(namespace, tenant.as_str(), key.as_str()),
-        Tenant::Everyone => Key::new(namespace, key.as_str()),
+        Tenant::One(tenant) => Key::scoped(namespace, tenant.as_str(), &*key),
+        Tenant::Everyone => Key::new(namespace, &*key),
     };
     let key = match key {
         Ok(key) => key,
@@ -170,7 +174,9 @@ where
     // ones. The body leaves the head and the body bytes here for the owner's response (also
     // when the store refuses the record, as the handler ran).
     let mut head: Option<(http::response::Parts, Bytes)> = None;
-    let run = async {
+    // Boxed once: the protocol moves its body's future through its layers, and this one
+    // holds the inner service's future.
+    let run = Box::pin(async {
         let response = inner.call(request).await.map_err(Failure::Inner)?;
         let (parts, body) = response.into_parts();
         if !(config.record_if)(parts.status) {
@@ -190,7 +196,7 @@ where
                 Err(Failure::Pass(Response::from_parts(parts, body)))
             }
         }
-    };
+    });
     let (result, disposition) = spec
         .run_reported(&*config.store, key, fingerprint, run)
         .await;
@@ -275,20 +281,18 @@ where
     B::Error: Into<BoxError>,
 {
     let mut body = Box::pin(body);
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut len = 0;
+    let mut chunks = Chunks::default();
     loop {
         match body.frame().await {
             // Trailers are not recorded.
-            None => return Buffered::Complete(concat(chunks)),
+            None => return Buffered::Complete(chunks.concat()),
             Some(Ok(frame)) => {
                 let Ok(data) = frame.into_data() else {
                     continue;
                 };
-                len += data.len();
                 chunks.push(data);
-                if len > limit {
-                    let read = stream::iter(chunks.into_iter().map(Ok::<_, BoxError>));
+                if chunks.len > limit {
+                    let read = stream::iter(chunks.into_chunks().map(Ok::<_, BoxError>));
                     let rest = body.into_data_stream().map_err(Into::into);
                     return Buffered::Partial(Body::from_stream(read.chain(rest)));
                 }
@@ -296,7 +300,7 @@ where
             Some(Err(e)) => {
                 let e: BoxError = e.into();
                 tracing::warn!(error = %e, "response body failed; not recorded");
-                let read = stream::iter(chunks.into_iter().map(Ok::<_, BoxError>));
+                let read = stream::iter(chunks.into_chunks().map(Ok::<_, BoxError>));
                 return Buffered::Partial(Body::from_stream(
                     read.chain(stream::once(async { Err::<Bytes, BoxError>(e) })),
                 ));
@@ -305,17 +309,51 @@ where
     }
 }
 
-fn concat(mut chunks: Vec<Bytes>) -> Bytes {
-    match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop().unwrap_or_default(),
-        _ => {
-            let mut all = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
-            for chunk in chunks {
-                all.extend_from_slice(&chunk);
-            }
-            all.freeze()
+/// The request body, up to the limit (over it: a [`LengthLimitError`]). Trailers are
+/// dropped.
+async fn read_request(body: Body, limit: usize) -> Result<Bytes, BoxError> {
+    let mut body = Limited::new(body, limit);
+    let mut chunks = Chunks::default();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            chunks.push(data);
         }
+    }
+    Ok(chunks.concat())
+}
+
+/// A body's chunks read so far: the first one without allocating (most bodies are one).
+#[derive(Default)]
+struct Chunks {
+    first: Option<Bytes>,
+    rest: Vec<Bytes>,
+    /// Their bytes in all.
+    len: usize,
+}
+
+impl Chunks {
+    fn push(&mut self, data: Bytes) {
+        self.len += data.len();
+        match self.first {
+            None => self.first = Some(data),
+            Some(_) => self.rest.push(data),
+        }
+    }
+
+    fn into_chunks(self) -> impl Iterator<Item = Bytes> {
+        self.first.into_iter().chain(self.rest)
+    }
+
+    /// One `Bytes` (the chunk itself if there is one).
+    fn concat(self) -> Bytes {
+        if self.rest.is_empty() {
+            return self.first.unwrap_or_default();
+        }
+        let mut all = BytesMut::with_capacity(self.len);
+        for chunk in self.into_chunks() {
+            all.extend_from_slice(&chunk);
+        }
+        all.freeze()
     }
 }
 
