@@ -309,18 +309,9 @@ fn bench_redis(c: &mut Criterion) {
     });
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(30)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .nresamples(20_000)
-        .without_plots()
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = paired::criterion();
     targets = bench_redis
 }
 criterion_main!(benches);

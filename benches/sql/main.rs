@@ -55,7 +55,6 @@ use sqlx::postgres::Postgres;
 use sqlx::sqlite::Sqlite;
 use sqlx::{AssertSqlSafe, Database, Executor, IntoArguments, Pool};
 use std::future::Future;
-use std::time::Duration;
 use support::measure::{self, Mode, Protocol, Timing};
 use support::paired;
 use support::payload::{REPLAYED, Receipt, Transfer, fresh_requests, request, settle};
@@ -275,18 +274,9 @@ fn bench_mysql(c: &mut Criterion) {
     bench_server::<MySqlSql, IdemMySql>(c, names, "IDEM_TEST_MYSQL_URL", MYSQL_URL);
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(30)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .nresamples(20_000)
-        .without_plots()
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = paired::criterion();
     targets = bench_sqlite, bench_postgres, bench_mysql
 }
 criterion_main!(benches);

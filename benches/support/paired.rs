@@ -7,6 +7,17 @@ use super::measure::{Mode, Protocol, Timing, run};
 use std::time::Duration;
 use tokio::runtime::Runtime;
 
+/// Criterion's settings for the server benches that also run paired measurements: short
+/// groups (the paired rounds are what resolve the ratio), no plots.
+pub(crate) fn criterion() -> criterion::Criterion {
+    criterion::Criterion::default()
+        .sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .nresamples(20_000)
+        .without_plots()
+}
+
 /// Rounds of a paired measurement, and the time each side gets per round.
 const ROUNDS: usize = 16;
 const ROUND_SIDE: Duration = Duration::from_millis(100);

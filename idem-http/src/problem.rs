@@ -182,9 +182,9 @@ pub(crate) fn problem_for(
         Error::InvalidKey => Problem::bad_key(header, &KeyError::Empty),
         Error::InProgress | Error::WaitTimeout => Problem::in_progress(header, retry_after),
         Error::PayloadMismatch => Problem::mismatch(header),
-        // A missing default store is a setup mistake, not an outage (as `Error::http_status`).
-        Error::Store(e) if !matches!(e, idem_core::StoreError::NoDefaultStore) => {
-            tracing::error!(error = %e, "idempotency store failed");
+        // What is an outage (503) and what a mistake (500) is `Error::http_status`'s call.
+        other if other.http_status() == 503 => {
+            tracing::error!(error = %other, "idempotency store failed");
             Problem::store_unavailable()
         }
         other => {

@@ -4,15 +4,12 @@
 
 mod support;
 
-use idem::idempotent;
 use idem::redis::RedisStore;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::Barrier;
 
 /// Three primaries and their files, stopped and removed when dropped.
 struct Cluster {
@@ -160,13 +157,6 @@ macro_rules! run_check {
     };
 }
 
-#[idempotent(key = key, store = store, skip(runs), on_conflict = wait, wait_timeout = "30s")]
-async fn once(store: &RedisStore, runs: &AtomicUsize, key: &str) -> Result<String, idem::Error> {
-    let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    Ok(format!("run {n}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_and_race_on_a_three_primary_cluster() {
     if !have_binaries() {
@@ -182,31 +172,7 @@ async fn conformance_and_race_on_a_three_primary_cluster() {
     idem_core::__conformance_checks!((run_checks)(store));
 
     // 64 racers on each of several keys (so on several slots and primaries).
-    const TASKS: usize = 64;
-    for round in 0..6 {
-        let runs = Arc::new(AtomicUsize::new(0));
-        let key = format!("cluster-race-{round}");
-        let barrier = Arc::new(Barrier::new(TASKS));
-        let tasks: Vec<_> = (0..TASKS)
-            .map(|_| {
-                let (store, runs, key, barrier) =
-                    (store.clone(), runs.clone(), key.clone(), barrier.clone());
-                tokio::spawn(async move {
-                    barrier.wait().await;
-                    once(&store, &runs, &key).await
-                })
-            })
-            .collect();
-        for task in tasks {
-            let value = task.await.expect("racer panicked").expect("racer failed");
-            assert_eq!(value, "run 1", "round {round}");
-        }
-        assert_eq!(
-            runs.load(Ordering::SeqCst),
-            1,
-            "round {round}: body executions"
-        );
-    }
+    support::race::racers_run_the_body_once(&store, "cluster-race", 6).await;
 
     // The records really spread over the primaries.
     let holding = cluster

@@ -3,21 +3,7 @@
 
 mod support;
 
-use idem::idempotent;
-use idem::redis::RedisStore;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
-use tokio::sync::Barrier;
-
-const TASKS: usize = 64;
-
-#[idempotent(key = key, store = store, skip(runs), on_conflict = wait, wait_timeout = "30s")]
-async fn once(store: &RedisStore, runs: &AtomicUsize, key: &str) -> Result<String, idem::Error> {
-    let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    Ok(format!("run {n}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixty_four_racers_run_the_body_once() {
@@ -25,28 +11,5 @@ async fn sixty_four_racers_run_the_body_once() {
         return;
     };
     let store = Arc::new(store);
-    for round in 0..3 {
-        let runs = Arc::new(AtomicUsize::new(0));
-        let key = format!("race-{round}");
-        let barrier = Arc::new(Barrier::new(TASKS));
-        let tasks: Vec<_> = (0..TASKS)
-            .map(|_| {
-                let (store, runs, key, barrier) =
-                    (store.clone(), runs.clone(), key.clone(), barrier.clone());
-                tokio::spawn(async move {
-                    barrier.wait().await;
-                    once(&store, &runs, &key).await
-                })
-            })
-            .collect();
-        for task in tasks {
-            let value = task.await.expect("racer panicked").expect("racer failed");
-            assert_eq!(value, "run 1", "round {round}");
-        }
-        assert_eq!(
-            runs.load(Ordering::SeqCst),
-            1,
-            "round {round}: body executions"
-        );
-    }
+    support::race::racers_run_the_body_once(&store, "race", 3).await;
 }

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // each test file uses part of it
 
+pub(crate) mod race;
+
 use idem::redis::RedisStore;
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
