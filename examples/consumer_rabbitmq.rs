@@ -72,7 +72,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    rabbitmq::consume(&url, &queue, handler.clone(), settings.prefetch, ctrl_c).await?;
+    rabbitmq::consume(&url, &queue, handler.clone(), &settings, ctrl_c).await?;
     report.abort();
     println!("stopped: {}", handler.stats.line());
     Ok(())

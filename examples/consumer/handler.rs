@@ -183,8 +183,9 @@ pub(crate) struct Stats {
     pub(crate) replayed: AtomicU64,
     /// Deliveries handed back for redelivery (a retryable error).
     pub(crate) requeued: AtomicU64,
-    /// Deliveries sent to the dead letters by this process (a permanent error, or the last
-    /// allowed delivery).
+    /// Deliveries this process sent to the dead letters at once (a permanent error). Those
+    /// that use up their deliveries are dead-lettered by the broker (RabbitMQ) or on their
+    /// last delivery (NATS).
     pub(crate) dead_lettered: AtomicU64,
 }
 

@@ -7,7 +7,7 @@
 //! holds across consumer crashes and shows up in the management UI as users expect, where
 //! counting attempts in the consumer would be lost with the consumer.
 
-use crate::handler::{Event, Handler, Stats};
+use crate::handler::{Event, Handler, Settings, Stats};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
@@ -92,19 +92,20 @@ pub(crate) async fn publish(
     Ok(())
 }
 
-/// Consumes `queue` until `shutdown` completes (then finishes the messages in flight) or
-/// the connection fails. Up to `prefetch` messages are in flight, each handled on its own
-/// task.
+/// Declares `queue` as [`declare`] does and consumes it until `shutdown` completes (then
+/// finishes the messages in flight) or the connection fails. Up to `settings.prefetch`
+/// messages are in flight, each handled on its own task.
 pub(crate) async fn consume(
     url: &str,
     queue: &str,
     handler: Arc<Handler>,
-    prefetch: u16,
+    settings: &Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let (connection, channel) = channel(url).await?;
+    declare(&channel, queue, settings.max_deliveries).await?;
     channel
-        .basic_qos(prefetch, BasicQosOptions::default())
+        .basic_qos(settings.prefetch, BasicQosOptions::default())
         .await?;
     let tag = format!("idem-consumer-{}", std::process::id());
     let mut deliveries = channel
@@ -117,23 +118,26 @@ pub(crate) async fn consume(
         .await?;
     let mut in_flight = tokio::task::JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut cancelled = false;
     loop {
         tokio::select! {
-            () = &mut shutdown => break,
+            // Stop new deliveries; the stream still yields those already sent to this
+            // consumer, then ends: each is handled and acked (or nacked) before closing.
+            () = &mut shutdown, if !cancelled => {
+                channel
+                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                    .await?;
+                cancelled = true;
+            }
             delivery = deliveries.next() => match delivery {
                 Some(delivery) => {
-                    let delivery = delivery?;
-                    in_flight.spawn(handle(handler.clone(), delivery));
+                    in_flight.spawn(handle(handler.clone(), delivery?));
                 }
                 None => break,
             },
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => done??,
         }
     }
-    // Stop new deliveries; those already here are handled and acked before closing.
-    channel
-        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-        .await?;
     while let Some(done) = in_flight.join_next().await {
         done??;
     }
