@@ -19,27 +19,9 @@ mod handler;
 #[path = "consumer/rabbitmq.rs"]
 mod rabbitmq;
 
-use handler::{Demo, Event, Handler, Settings};
+use handler::{Handler, Settings, demo_events};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// `n` demo events: every tenth fails on its first delivery, two never succeed, one is
-/// invalid.
-fn demo_events(n: usize) -> Vec<Event> {
-    let run = std::process::id();
-    (0..n)
-        .map(|i| Event {
-            event_id: format!("evt-{run}-{i}"),
-            amount_cents: 100 + i as i64,
-            demo: match i {
-                1 | 2 => Demo::AlwaysFail,
-                3 => Demo::Invalid,
-                _ if i % 10 == 0 => Demo::FailFirstDelivery,
-                _ => Demo::Ok,
-            },
-        })
-        .collect()
-}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -23,6 +23,25 @@ pub(crate) struct Event {
     pub(crate) demo: Demo,
 }
 
+/// `n` demo events for the examples: every tenth fails on its first delivery, two never
+/// succeed, one is invalid. (The tests publish their own.)
+#[cfg_attr(test, allow(dead_code))]
+pub(crate) fn demo_events(n: usize) -> Vec<Event> {
+    let run = std::process::id();
+    (0..n)
+        .map(|i| Event {
+            event_id: format!("evt-{run}-{i}"),
+            amount_cents: 100 + i as i64,
+            demo: match i {
+                1 | 2 => Demo::AlwaysFail,
+                3 => Demo::Invalid,
+                _ if i % 10 == 0 => Demo::FailFirstDelivery,
+                _ => Demo::Ok,
+            },
+        })
+        .collect()
+}
+
 /// The failures the demo (and the tests) inject.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub(crate) enum Demo {
@@ -183,9 +202,9 @@ pub(crate) struct Stats {
     pub(crate) replayed: AtomicU64,
     /// Deliveries handed back for redelivery (a retryable error).
     pub(crate) requeued: AtomicU64,
-    /// Deliveries this process sent to the dead letters at once (a permanent error). Those
-    /// that use up their deliveries are dead-lettered by the broker (RabbitMQ) or on their
-    /// last delivery (NATS).
+    /// Deliveries this process sent to the dead letters: a permanent error, or (NATS) a
+    /// retryable one on the last allowed delivery. RabbitMQ dead-letters those past its
+    /// delivery limit itself.
     pub(crate) dead_lettered: AtomicU64,
 }
 
