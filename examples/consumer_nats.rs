@@ -33,7 +33,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let handler = Arc::new(Handler::connect(&settings).await?);
     let js = nats::connect(&url).await?;
-    nats::declare(&js, &name, settings.max_deliveries).await?;
+    nats::declare(
+        &js,
+        &name,
+        settings.max_deliveries,
+        nats::ack_wait_from_env(),
+    )
+    .await?;
     if publish > 0 {
         // The producer publishes every event twice, as a producer that retries after a lost
         // ack does.

@@ -36,7 +36,7 @@ pub(crate) fn dead_letter_stream(name: &str) -> String {
 
 /// How long the server waits for an ack before it redelivers: `ACK_WAIT` seconds [30]. While
 /// the handler runs, the consumer tells the server it is still working every third of it.
-fn ack_wait() -> Duration {
+pub(crate) fn ack_wait_from_env() -> Duration {
     let seconds = std::env::var("ACK_WAIT").map_or(30, |s| {
         s.parse()
             .unwrap_or_else(|_| panic!("ACK_WAIT is seconds, not {s:?}"))
@@ -50,11 +50,13 @@ pub(crate) async fn connect(url: &str) -> Result<Context, async_nats::ConnectErr
 }
 
 /// Creates the stream `name`, its dead-letter stream and the durable pull consumer, if
-/// missing: a message is delivered at most `max_deliveries` times.
+/// missing: a message is delivered at most `max_deliveries` times, again after `ack_wait`
+/// without an ack.
 pub(crate) async fn declare(
     js: &Context,
     name: &str,
     max_deliveries: u16,
+    ack_wait: Duration,
 ) -> Result<PullConsumer, Box<dyn std::error::Error>> {
     js.get_or_create_stream(stream::Config {
         name: dead_letter_stream(name),
@@ -76,7 +78,7 @@ pub(crate) async fn declare(
             pull::Config {
                 durable_name: Some(CONSUMER.to_owned()),
                 ack_policy: AckPolicy::Explicit,
-                ack_wait: ack_wait(),
+                ack_wait,
                 max_deliver: i64::from(max_deliveries),
                 ..Default::default()
             },
@@ -118,7 +120,8 @@ pub(crate) async fn consume(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let js = connect(url).await?;
-    let consumer = declare(&js, name, settings.max_deliveries).await?;
+    let ack_wait = ack_wait_from_env();
+    let consumer = declare(&js, name, settings.max_deliveries, ack_wait).await?;
     let prefetch = usize::from(settings.prefetch);
     let mut messages = consumer
         .stream()
@@ -145,7 +148,7 @@ pub(crate) async fn consume(
         };
         let (handler, name, max) = (handler.clone(), name.to_owned(), settings.max_deliveries);
         in_flight.spawn(async move {
-            let done = handle(&handler, &name, max, message).await;
+            let done = handle(&handler, &name, max, ack_wait, message).await;
             drop(slot);
             done
         });
@@ -166,6 +169,7 @@ async fn handle(
     handler: &Handler,
     name: &str,
     max_deliveries: u16,
+    ack_wait: Duration,
     message: jetstream::Message,
 ) -> Result<(), async_nats::Error> {
     let info = message.info()?;
@@ -176,7 +180,7 @@ async fn handle(
             // claim whose owner died, which can take longer than the ack wait.
             let progress = async {
                 loop {
-                    tokio::time::sleep(ack_wait() / 3).await;
+                    tokio::time::sleep(ack_wait / 3).await;
                     let _ = message.ack_with(AckKind::Progress).await;
                 }
             };
