@@ -187,6 +187,14 @@ impl Worker {
     }
 }
 
+impl Drop for Worker {
+    /// A test that fails midway leaves no worker running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The body of each broker test's ignored `consumer_worker` test: with
 /// `IDEM_CONSUMER_WORKER` set, connects the handler, says `ready`, and runs `consume` until
 /// stdin closes.
