@@ -1,0 +1,66 @@
+//! A NATS JetStream consumer whose handler is an ordinary `#[idempotent]` function: one
+//! effect row per event id, however often the server delivers the event.
+//!
+//! `cargo run --example consumer_nats --features sqlite,postgres` — the effects and the
+//! records in an SQLite file; with `DATABASE_URL=postgres://postgres@127.0.0.1/test`, on
+//! PostgreSQL (add `MODE=tx` to write the effect and the record in one transaction).
+//! The server is at `NATS_URL` (default `nats://127.0.0.1:4222`, JetStream enabled), the
+//! stream `STREAM` (default `PAYMENTS`); `PUBLISH=n` (default 200) publishes n demo events
+//! first, each twice, some of them failing (see `examples/consumer/handler.rs`), `PUBLISH=0`
+//! none. `PREFETCH`, `MAX_DELIVERIES`, `TABLE` and `WORKER`: see `Settings` there; `ACK_WAIT`
+//! (seconds): see `examples/consumer/nats.rs`. Run several at once to share the durable
+//! consumer; Ctrl-C stops one after it has acked what it handles.
+//!
+//! It prints what it did every second: bodies executed, deliveries replayed from the record,
+//! naked (a retryable error) and dead-lettered to `<STREAM>_dead` (a permanent error, or the
+//! last of `MAX_DELIVERIES`).
+
+#[path = "consumer/handler.rs"]
+mod handler;
+#[path = "consumer/nats.rs"]
+mod nats;
+
+use handler::{Handler, Settings, demo_events};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let settings = Settings::from_env();
+    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let name = std::env::var("STREAM").unwrap_or_else(|_| "PAYMENTS".into());
+    let publish: usize = std::env::var("PUBLISH").map_or(Ok(200), |n| n.parse())?;
+
+    let handler = Arc::new(Handler::connect(&settings).await?);
+    let js = nats::connect(&url).await?;
+    nats::declare(
+        &js,
+        &name,
+        settings.max_deliveries,
+        nats::ack_wait_from_env(),
+    )
+    .await?;
+    if publish > 0 {
+        // The producer publishes every event twice, as a producer that retries after a lost
+        // ack does.
+        let events = demo_events(publish);
+        nats::publish(&js, &name, &events).await?;
+        nats::publish(&js, &name, &events).await?;
+        println!("published {publish} events, each twice, to {name}");
+    }
+
+    let stats = handler.clone();
+    let report = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            println!("{}", stats.stats.line());
+        }
+    });
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    nats::consume(&url, &name, handler.clone(), &settings, ctrl_c).await?;
+    report.abort();
+    println!("stopped: {}", handler.stats.line());
+    Ok(())
+}
