@@ -285,3 +285,66 @@ fn mutants_are_caught() {
         );
     }
 }
+
+/// The same schedules over SQLite — real I/O on a real clock, so not replayable bit for
+/// bit, and fewer of them (`IDEM_SIM_SQLITE_SCHEDULES`, 300 by default): a check that the
+/// invariants hold over a store the fault wrapper does not know, not only over the
+/// in-memory one.
+#[cfg(all(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+#[test]
+fn sqlite_store_under_faults() {
+    use futures_util::future::join_all;
+    use support::sql::{Backend, remove_sqlite_files, sqlite_options, unique};
+
+    /// Schedules run at once on the runtime: SQLite waits on its worker threads.
+    const AT_ONCE: u64 = 25;
+
+    quiet_simulated_panics();
+    let count = env_u64("IDEM_SIM_SQLITE_SCHEDULES").unwrap_or(300);
+    let base = env_u64("IDEM_SIM_BASE").unwrap_or(0x5eed);
+    let backend = Backend::sqlite();
+    let path = sqlite_options(backend.url()).get_filename().to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let (tally, failures) = runtime.block_on(async {
+        let db = backend.connect(&unique("sim")).await;
+        let store = &*db.store;
+        let mut tally = Tally::default();
+        let mut failures = Vec::new();
+        for batch in (0..count).collect::<Vec<_>>().chunks(AT_ONCE as usize) {
+            let plans: Vec<(u64, Plan)> = batch
+                .iter()
+                .map(|i| (base + i, Plan::draw(base + i)))
+                .collect();
+            let histories = join_all(plans.iter().map(|(_, plan)| world::run(plan, store))).await;
+            for ((seed, _), history) in plans.iter().zip(histories) {
+                tally.merge(&history.tally);
+                if !history.violations.is_empty() {
+                    failures.push((*seed, history.violations));
+                }
+            }
+        }
+        (tally, failures)
+    });
+    remove_sqlite_files(&path);
+    let found = Found {
+        schedules: count,
+        tally,
+        failures,
+        elapsed: started.elapsed(),
+    };
+    report(
+        &format!("simulation, SQLite under faults (base seed {base})"),
+        &found,
+    );
+    if let Some((seed, violations)) = found.failures.first() {
+        panic!(
+            "SQLite schedule {seed} broke the protocol:\n  {}\nits plan: IDEM_SIM_SEED={seed} \
+             replays it over the memory store",
+            violations.join("\n  ")
+        );
+    }
+}

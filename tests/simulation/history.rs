@@ -68,6 +68,16 @@ pub enum Answer {
 pub struct KeyModel {
     pub holder: Option<Hold>,
     pub completed: Option<Done>,
+    /// What operations dropped before the store answered may have done (a store over a
+    /// database finishes a statement its caller stopped waiting for).
+    pub maybe: Vec<Maybe>,
+}
+
+#[derive(Debug)]
+pub enum Maybe {
+    Claimed(Fingerprint),
+    Completed(Done),
+    Released(Token),
 }
 
 #[derive(Debug)]
@@ -172,6 +182,42 @@ impl History {
     /// seed agree on it exactly.
     pub fn summary(&self) -> String {
         format!("{:?}\n{:?}\n{:?}", self.execs, self.tally, self.violations)
+    }
+
+    /// Whether an operation dropped in flight may have done `what` to `key`.
+    pub fn maybe(&self, key: &KeyDigest, what: impl Fn(&Maybe) -> bool) -> bool {
+        self.keys
+            .get(key)
+            .is_some_and(|model| model.maybe.iter().any(what))
+    }
+
+    /// A replay of a record that a `complete` dropped in flight wrote: the model takes it.
+    pub fn adopt_completed(&mut self, key: &KeyDigest, fingerprint: &Fingerprint, output: &Output) {
+        let Some(model) = self.keys.get_mut(key) else {
+            return;
+        };
+        if model.completed.is_some() {
+            return;
+        }
+        let Some(i) = model.maybe.iter().position(|m| {
+            matches!(m, Maybe::Completed(d) if d.fingerprint == *fingerprint && d.output == *output)
+        }) else {
+            return;
+        };
+        let Maybe::Completed(done) = model.maybe.swap_remove(i) else {
+            unreachable!()
+        };
+        let token = done.token;
+        if model
+            .holder
+            .as_ref()
+            .is_some_and(|hold| hold.token == token)
+        {
+            model.holder = None;
+        }
+        model.completed = Some(done);
+        self.facts(key, token).freed = Some(Freed::Completed);
+        self.held("store: a complete dropped in flight applied whole or not at all");
     }
 
     /// Counts a check that held.

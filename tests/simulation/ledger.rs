@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
-use super::history::{Done, Freed, History, Hold};
+use super::history::{Done, Freed, History, Hold, Maybe};
 
 /// The lease the store under test is given: longer than any schedule.
 const STORE_LEASE: Duration = Duration::from_secs(3600);
@@ -44,27 +44,30 @@ impl<'h, S: Store> Ledger<'h, S> {
 
     /// Ends a holder whose lease ran out on the simulation's clock, as the store would.
     async fn take_over_expired(&self, key: &Key) {
+        let digest = *key.digest();
         let expired = {
             let mut h = self.history();
             let now = Instant::now();
-            let model = h.keys.entry(*key.digest()).or_default();
-            match &model.holder {
-                Some(hold) if hold.drop_requested => {
-                    // Released in the background (or about to be): a release, not a takeover.
-                    None
-                }
-                Some(hold) if hold.until <= now => {
-                    let token = hold.token;
-                    model.holder = None;
-                    h.facts(key.digest(), token).freed = Some(Freed::Expired);
-                    Some(token)
-                }
+            match &h.keys.entry(digest).or_default().holder {
+                // Released in the background (or about to be): a release, not a takeover.
+                Some(hold) if hold.drop_requested => None,
+                Some(hold) if hold.until <= now => Some(hold.token),
                 _ => None,
             }
         };
-        if let Some(token) = expired {
-            // The store still holds it (an hour-long lease), unless it went another way.
-            let _ = self.inner.release(key, token).await;
+        let Some(token) = expired else { return };
+        // The store still holds it (an hour-long lease), unless it went another way. The
+        // model changes once it answered: dropped before, the next claim tries again.
+        let _ = self.inner.release(key, token).await;
+        let mut h = self.history();
+        let model = h.keys.entry(digest).or_default();
+        if model
+            .holder
+            .as_ref()
+            .is_some_and(|hold| hold.token == token)
+        {
+            model.holder = None;
+            h.facts(&digest, token).freed = Some(Freed::Expired);
         }
     }
 }
@@ -79,7 +82,9 @@ impl<S: Store> Store for Ledger<'_, S> {
     ) -> Result<Claim, StoreError> {
         let _serial = self.serial.lock().await;
         self.take_over_expired(key).await;
+        let in_flight = InFlight::new(self.history, key, Maybe::Claimed(*fingerprint));
         let answer = self.inner.claim(key, fingerprint, STORE_LEASE).await;
+        in_flight.answered();
         let mut h = self.history();
         let now = Instant::now();
         let digest = *key.digest();
@@ -106,7 +111,9 @@ impl<S: Store> Store for Ledger<'_, S> {
                     || "the store granted a claim over a completed record".into(),
                 );
                 if let Some((old, _, _, drop_requested)) = holder {
-                    h.check(drop_requested, "store: one owner at a time", || {
+                    let released = drop_requested
+                        || h.maybe(&digest, |m| matches!(m, Maybe::Released(t) if *t == old));
+                    h.check(released, "store: one owner at a time", || {
                         format!("granted token {token:?} while {old:?} held a live lease")
                     });
                     h.facts(&digest, old).freed = Some(Freed::DropReleased);
@@ -121,6 +128,11 @@ impl<S: Store> Store for Ledger<'_, S> {
                 Ok(Claim::Claimed(token))
             }
             Ok(Claim::Completed(record)) => {
+                h.adopt_completed(&digest, &record.fingerprint, &record.output);
+                let completed = h.keys[&digest]
+                    .completed
+                    .as_ref()
+                    .map(|done| (done.fingerprint, done.output.clone()));
                 let agrees = completed.as_ref().is_some_and(|(fp, output)| {
                     *fp == record.fingerprint && *output == record.output
                 });
@@ -140,10 +152,12 @@ impl<S: Store> Store for Ledger<'_, S> {
                         until.saturating_duration_since(now)
                     }
                     None => {
-                        h.violated(
-                            "store: in-progress answers name the holder",
-                            "in progress without a holder".into(),
-                        );
+                        let fp = busy.fingerprint;
+                        let maybe =
+                            h.maybe(&digest, |m| matches!(m, Maybe::Claimed(f) if *f == fp));
+                        h.check(maybe, "store: in-progress answers name the holder", || {
+                            "in progress without a holder".into()
+                        });
                         Duration::ZERO
                     }
                 };
@@ -195,7 +209,19 @@ impl<S: Store> Store for Ledger<'_, S> {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let _serial = self.serial.lock().await;
+        let maybe = self.history().keys.get(key.digest()).and_then(|model| {
+            let hold = model.holder.as_ref().filter(|hold| hold.token == token)?;
+            Some(Maybe::Completed(Done {
+                token,
+                fingerprint: hold.fingerprint,
+                output: output.clone(),
+            }))
+        });
+        let in_flight = maybe.map(|maybe| InFlight::new(self.history, key, maybe));
         let result = self.inner.complete(key, token, output.clone(), ttl).await;
+        if let Some(in_flight) = in_flight {
+            in_flight.answered();
+        }
         let mut h = self.history();
         let digest = *key.digest();
         let model = h.keys.entry(digest).or_default();
@@ -235,7 +261,9 @@ impl<S: Store> Store for Ledger<'_, S> {
 
     async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
         let _serial = self.serial.lock().await;
+        let in_flight = InFlight::new(self.history, key, Maybe::Released(token));
         let result = self.inner.release(key, token).await;
+        in_flight.answered();
         let mut h = self.history();
         let digest = *key.digest();
         let model = h.keys.entry(digest).or_default();
@@ -253,9 +281,12 @@ impl<S: Store> Store for Ledger<'_, S> {
                     format!("release accepted from {token:?}, which does not own the key")
                 });
             }
-            Err(StoreError::LeaseLost) => h.check(!owns, "fencing: the owner releases", || {
-                format!("release refused to {token:?}, the owner")
-            }),
+            Err(StoreError::LeaseLost) => {
+                let earlier = h.maybe(&digest, |m| matches!(m, Maybe::Released(t) if *t == token));
+                h.check(!owns || earlier, "fencing: the owner releases", || {
+                    format!("release refused to {token:?}, the owner")
+                })
+            }
             Err(_) => {}
         }
         result
@@ -276,5 +307,35 @@ impl<S: Store> Store for Ledger<'_, S> {
 
     fn max_output_len(&self) -> usize {
         self.inner.max_output_len()
+    }
+}
+
+/// An operation under way: if its future is dropped before the store answered, what it
+/// may have done goes into the key's model.
+struct InFlight<'h> {
+    history: &'h Mutex<History>,
+    key: idem::store::KeyDigest,
+    maybe: Option<Maybe>,
+}
+
+impl<'h> InFlight<'h> {
+    fn new(history: &'h Mutex<History>, key: &Key, maybe: Maybe) -> Self {
+        InFlight {
+            history,
+            key: *key.digest(),
+            maybe: Some(maybe),
+        }
+    }
+
+    fn answered(mut self) {
+        self.maybe = None;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let (Some(maybe), Ok(mut h)) = (self.maybe.take(), self.history.lock()) {
+            h.keys.entry(self.key).or_default().maybe.push(maybe);
+        }
     }
 }
