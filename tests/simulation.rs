@@ -33,12 +33,23 @@
 //! - `IDEM_SIM_SCHEDULES=<n>` runs n schedules instead (the soak:
 //!   `IDEM_SIM_SCHEDULES=10000000`), `IDEM_SIM_BASE=<seed>` fixes the base seed.
 //!
-//! Mutation check — the protocol broken on purpose, and what caught it (this machine,
-//! debug build; the store mutants run in every CI run, `mutants_are_caught`):
+//! Mutation check — the protocol broken on purpose, and the invariant that caught it, with
+//! the first failing seed of a run from `IDEM_SIM_BASE=0` (so within the first few hundred
+//! schedules of the 100,000 a CI run explores). The two store wrappers of
+//! `simulation/mutants.rs` run in every CI run (`mutants_are_caught`); the others are
+//! patches applied by hand to the source, run, and reverted (2026-11-30):
 //!
-//! | mutant | how | caught by | first seed / schedules |
-//! |---|---|---|---|
-//! | MUTANTS_TABLE |
+//! | mutant | caught by | seed |
+//! |---|---|---|
+//! | store wrapper: `complete`/`release` of a stale token act on the newer owner (no fencing) | a stale token never completes | 173 |
+//! | store wrapper: `renew` extends whoever holds the key (renew without the token) | only the owner renews | 582 |
+//! | `MemoryStore::complete_now` without its token check | a stale token never completes | 528 |
+//! | `MemoryStore::renew_now` without its token check | only the owner renews | 582 |
+//! | `settle` skips the fingerprint check on the replay path | a replay is the recorded output of the same key, scope and payload | 3 |
+//! | `settle` skips the fingerprint check on the in-progress path | in progress only for the same payload | 9 |
+//! | no heartbeat (`with_heartbeat` awaits the body alone) | a second run has a reason the contract names | 5 |
+//! | a dropped call does not release (`ReleaseOnDrop` does nothing) | no claim left behind without a fault to explain it | 8 |
+//! | a panicking body's claim is not released | no claim left behind without a fault to explain it | 22 |
 // The modules below are the test's own: `pub` there means "for the other modules".
 #![allow(unreachable_pub)]
 
