@@ -48,8 +48,11 @@ pub struct Duplicates<T> {
     copies: usize,
     attempts: usize,
     pause: Duration,
-    retry: Option<Box<dyn Fn(&T) -> bool + Send + Sync>>,
+    retry: Option<RetryIf<T>>,
 }
+
+/// Says whether a copy's result calls for another try.
+type RetryIf<T> = Box<dyn Fn(&T) -> bool + Send + Sync>;
 
 impl<T> Duplicates<T> {
     /// `copies` copies of the call, each tried once.
