@@ -6,6 +6,7 @@ use idem::Fingerprint;
 use idem::store::{KeyDigest, Output, Token};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// What a body returns: who it was, so that a replay can be traced to its execution.
@@ -143,6 +144,8 @@ pub enum End {
 pub struct Exec {
     pub key: KeyDigest,
     pub token: Token,
+    /// When it started, on the schedule's clock.
+    pub at: Duration,
     pub end: End,
 }
 
@@ -162,26 +165,42 @@ pub struct History {
     pub tokens: HashMap<TokenId, Facts>,
     pub execs: Vec<Exec>,
     pub callers: Vec<CallerView>,
+    /// What each attempt returned (`None`: panicked, cancelled or hung), by whom and when.
+    pub returned: Vec<(usize, Duration, Option<Result<Out, SimError>>)>,
     pub violations: Vec<String>,
     pub tally: Tally,
+    /// When the schedule started.
+    pub origin: Option<Instant>,
 }
 
 impl History {
     pub fn new(callers: usize) -> History {
         History {
             callers: (0..callers).map(|_| CallerView::default()).collect(),
+            origin: Some(Instant::now()),
             ..History::default()
         }
+    }
+
+    /// How long the schedule has run, on its clock.
+    pub fn now(&self) -> Duration {
+        self.origin
+            .map_or(Duration::ZERO, |origin| origin.elapsed())
     }
 
     pub fn facts(&mut self, key: &KeyDigest, token: Token) -> &mut Facts {
         self.tokens.entry(token_id(key, token)).or_default()
     }
 
-    /// What a schedule did, in a form that does not depend on hash order: two runs of a
-    /// seed agree on it exactly.
+    /// What a schedule did — every execution and every answer, with their times — without
+    /// what differs from run to run by design (key digests and tokens, which depend on
+    /// the schedules run before on the same store): two runs of a seed agree on it exactly.
     pub fn summary(&self) -> String {
-        format!("{:?}\n{:?}\n{:?}", self.execs, self.tally, self.violations)
+        let execs: Vec<_> = self.execs.iter().map(|x| (x.at, &x.end)).collect();
+        format!(
+            "{execs:?}\n{:?}\n{:?}\n{:?}",
+            self.returned, self.tally, self.violations
+        )
     }
 
     /// Whether an operation dropped in flight may have done `what` to `key`.

@@ -427,9 +427,11 @@ impl<S: Store> World<'_, S> {
                 }
             }
         }
+        let at = h.now();
         h.execs.push(Exec {
             key,
             token,
+            at,
             end: End::Running,
         });
         exec
@@ -443,6 +445,12 @@ impl<S: Store> World<'_, S> {
         let ours = fingerprint(me.payload);
         let mut guard = self.history();
         let h = &mut *guard;
+        let returned = match ended {
+            Ended::Returned(result) => Some(result.clone()),
+            _ => None,
+        };
+        let at = h.now();
+        h.returned.push((c, at, returned));
         let view = &h.callers[c];
         let (exec, answer, store_failed) = (view.exec, view.last_answer, view.store_failed);
         let result = match ended {
