@@ -297,3 +297,83 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
 }
+
+#[cfg(all(test, feature = "moka"))]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+    use crate::store::Claim;
+
+    fn key(text: &str) -> Key {
+        Key::new("idem::testing::faults", text).unwrap()
+    }
+
+    const LEASE: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn a_failed_operation_does_not_apply_a_lost_reply_does() {
+        let fp = Fingerprint::of(&1).unwrap();
+        let failing =
+            FaultyStore::new(MemoryStore::new(), 1).inject(Fault::Fail, &[Op::Claim], 1.0);
+        assert!(failing.claim(&key("k"), &fp, LEASE).await.is_err());
+        // Nothing was claimed: the inner store hands the key out.
+        let inner = failing.inner().claim(&key("k"), &fp, LEASE).await;
+        assert!(matches!(inner, Ok(Claim::Claimed(_))), "{inner:?}");
+
+        let losing =
+            FaultyStore::new(MemoryStore::new(), 1).inject(Fault::LoseReply, &[Op::Claim], 1.0);
+        assert!(losing.claim(&key("k"), &fp, LEASE).await.is_err());
+        // The claim applied: the inner store says the key is taken.
+        let inner = losing.inner().claim(&key("k"), &fp, LEASE).await;
+        assert!(matches!(inner, Ok(Claim::InProgress(_))), "{inner:?}");
+        assert_eq!(losing.injected().lost_replies, 1);
+    }
+
+    #[tokio::test]
+    async fn only_the_chosen_operations_suffer() {
+        let fp = Fingerprint::of(&1).unwrap();
+        let store =
+            FaultyStore::new(MemoryStore::new(), 1).inject(Fault::Fail, &[Op::Complete], 1.0);
+        let Ok(Claim::Claimed(token)) = store.claim(&key("k"), &fp, LEASE).await else {
+            panic!("the claim should pass");
+        };
+        assert!(store.renew(&key("k"), token, LEASE).await.is_ok());
+        assert!(store.release(&key("k"), token).await.is_ok());
+        assert_eq!(store.injected(), Injected::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delays_are_on_the_tokio_clock() {
+        let fp = Fingerprint::of(&1).unwrap();
+        let store = FaultyStore::new(MemoryStore::new(), 1)
+            .inject(Fault::Latency(Duration::from_secs(5)), &[Op::Claim], 1.0)
+            .inject(Fault::Stall(Duration::from_secs(7)), &[Op::Claim], 1.0);
+        let started = tokio::time::Instant::now();
+        assert!(store.claim(&key("k"), &fp, LEASE).await.is_ok());
+        assert_eq!(started.elapsed(), Duration::from_secs(12));
+    }
+
+    /// The same seed gives the same faults; chances are honoured roughly.
+    #[tokio::test]
+    async fn a_seed_decides_every_fault() {
+        let fp = Fingerprint::of(&1).unwrap();
+        async fn pattern(seed: u64, fp: &Fingerprint) -> Vec<bool> {
+            let store =
+                FaultyStore::new(MemoryStore::new(), seed).inject(Fault::Fail, &[Op::Claim], 0.3);
+            let mut failed = Vec::new();
+            for i in 0..1000 {
+                failed.push(store.claim(&key(&i.to_string()), fp, LEASE).await.is_err());
+            }
+            failed
+        }
+        let first = pattern(7, &fp).await;
+        assert_eq!(first, pattern(7, &fp).await);
+        assert_ne!(first, pattern(8, &fp).await);
+        let rate = first.iter().filter(|f| **f).count();
+        assert!((230..370).contains(&rate), "{rate} of 1000 at 0.3");
+        let never = FaultyStore::new(MemoryStore::new(), 7).inject(Fault::Fail, &Op::ALL, 0.0);
+        for i in 0..100 {
+            assert!(never.claim(&key(&i.to_string()), &fp, LEASE).await.is_ok());
+        }
+    }
+}
