@@ -306,7 +306,10 @@ fn mutants_are_caught() {
 /// The same schedules over SQLite — real I/O on a real clock, so not replayable bit for
 /// bit, and fewer of them (`IDEM_SIM_SQLITE_SCHEDULES`, 300 by default): a check that the
 /// invariants hold over a store the fault wrapper does not know, not only over the
-/// in-memory one.
+/// in-memory one. On a real clock every operation takes time, so every expired lease
+/// counts as explained by a delay: this run holds SQLite's answers to the model (claims,
+/// fencing, replays, what an operation dropped in flight did) and the callers' answers to
+/// the bodies' records; the heartbeat's timing is the memory run's to check.
 #[cfg(all(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 #[test]
 fn sqlite_store_under_faults() {
