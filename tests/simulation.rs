@@ -20,8 +20,10 @@
 //! released it, it was cancelled, or its lease expired because a fault held its heartbeat
 //! or its record could not be written — classified and counted; a replay returns exactly
 //! the recorded output of a completed execution of the same key, scope and payload; a
-//! stale token never completes, releases or renews; every call ends within its bound; no
-//! claim is left behind without a fault to explain it.
+//! stale token never completes, releases or renews; every call ends within its bound
+//! (its wait, its body, a lease for its record, and the plan's fault delays), and a
+//! schedule whose clock stops (a busy loop) is caught by a watchdog on real time; no claim
+//! is left behind without a fault to explain it.
 //!
 //! Running it:
 //!
@@ -50,6 +52,7 @@
 //! | no heartbeat (`with_heartbeat` awaits the body alone) | a second run has a reason the contract names | 5 |
 //! | a dropped call does not release (`ReleaseOnDrop` does nothing) | no claim left behind without a fault to explain it | 8 |
 //! | a panicking body's claim is not released | no claim left behind without a fault to explain it | 22 |
+//! | `settle` never ends a wait at its `wait_timeout` (the waiter then spins: no timer, the paused clock stops) | the watchdog: still running after 60 s of real time | 5 |
 // The modules below are the test's own: `pub` there means "for the other modules".
 #![allow(unreachable_pub)]
 
@@ -72,7 +75,8 @@ use history::{History, Tally};
 use idem::{MemoryStore, Store};
 use mutants::{Broken, Mutant};
 use std::io::Write;
-use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 use world::Plan;
 
@@ -115,7 +119,7 @@ fn paused_runtime() -> tokio::runtime::Runtime {
 /// Runs one schedule on `runtime` against `store`.
 fn schedule<S: Store>(runtime: &tokio::runtime::Runtime, seed: u64, store: S) -> History {
     let plan = Plan::draw(seed);
-    runtime.block_on(world::run(&plan, store))
+    runtime.block_on(world::run(&plan, store, Duration::ZERO))
 }
 
 /// What a run of many schedules found.
@@ -138,10 +142,12 @@ fn explore<S: Store>(
     store: impl Fn() -> S + Sync,
 ) -> Found {
     let started = Instant::now();
+    let watchdog = Watchdog::new(threads as usize);
     let results: Vec<Found> = std::thread::scope(|scope| {
+        scope.spawn(|| watchdog.watch());
         let workers: Vec<_> = (0..threads)
             .map(|t| {
-                let store = &store;
+                let (store, watchdog) = (&store, &watchdog);
                 scope.spawn(move || {
                     let runtime = paused_runtime();
                     let mut found = Found {
@@ -153,6 +159,7 @@ fn explore<S: Store>(
                     let mut i = t;
                     while i < count {
                         let seed = base.wrapping_add(i);
+                        watchdog.running(t as usize, Some(seed));
                         let history = schedule(&runtime, seed, store());
                         found.schedules += 1;
                         found.tally.merge(&history.tally);
@@ -164,11 +171,14 @@ fn explore<S: Store>(
                         }
                         i += threads;
                     }
+                    watchdog.running(t as usize, None);
                     found
                 })
             })
             .collect();
-        workers.into_iter().map(|w| w.join().unwrap()).collect()
+        let results = workers.into_iter().map(|w| w.join().unwrap()).collect();
+        watchdog.stop();
+        results
     });
     let mut all = Found {
         schedules: 0,
@@ -184,6 +194,58 @@ fn explore<S: Store>(
     all.failures
         .sort_by_key(|(seed, _)| seed.wrapping_sub(base));
     all
+}
+
+/// Ends the process when a schedule runs longer than [`Watchdog::HANG`] of real time. A
+/// call that spins without awaiting a timer (a busy retry loop) never lets the paused clock
+/// advance, so no bound on the simulation's clock can fire; only real time can tell.
+struct Watchdog {
+    /// Per worker: the seed it runs and since when.
+    running: Mutex<Vec<Option<(u64, Instant)>>>,
+    stopped: AtomicBool,
+}
+
+impl Watchdog {
+    /// Schedules take milliseconds; this is a hang even on a loaded machine.
+    const HANG: Duration = Duration::from_secs(60);
+
+    fn new(workers: usize) -> Self {
+        Watchdog {
+            running: Mutex::new(vec![None; workers]),
+            stopped: AtomicBool::new(false),
+        }
+    }
+
+    fn running(&self, worker: usize, seed: Option<u64>) {
+        self.running.lock().unwrap()[worker] = seed.map(|seed| (seed, Instant::now()));
+    }
+
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+
+    fn watch(&self) {
+        while !self.stopped.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+            let hung = self
+                .running
+                .lock()
+                .unwrap()
+                .iter()
+                .flatten()
+                .find(|(_, since)| since.elapsed() > Self::HANG)
+                .copied();
+            if let Some((seed, _)) = hung {
+                to_terminal(&format!(
+                    "schedule {seed} hangs: still running after {:?} of real time, its clock \
+                     stopped (a loop that never awaits a timer)\nreplay it: {}\n",
+                    Self::HANG,
+                    replay_command(seed)
+                ));
+                std::process::exit(101);
+            }
+        }
+    }
 }
 
 fn report(title: &str, found: &Found) {
@@ -243,15 +305,15 @@ fn memory_store_under_faults() {
         assert!(history.violations.is_empty(), "{:#?}", history.violations);
         return;
     }
-    let runtime = paused_runtime();
     for seed in regression_seeds() {
-        let history = schedule(&runtime, seed, &store);
-        assert!(
-            history.violations.is_empty(),
-            "regression seed {seed} fails again:\n  {}\nreplay it: {}",
-            history.violations.join("\n  "),
-            replay_command(seed)
-        );
+        let found = explore(seed, 1, 1, true, || &store);
+        if let Some((seed, violations)) = found.failures.first() {
+            panic!(
+                "regression seed {seed} fails again:\n  {}\nreplay it: {}",
+                violations.join("\n  "),
+                replay_command(*seed)
+            );
+        }
     }
     let count = env_u64("IDEM_SIM_SCHEDULES").unwrap_or(100_000);
     let base = env_u64("IDEM_SIM_BASE").unwrap_or_else(|| {
@@ -318,6 +380,8 @@ fn sqlite_store_under_faults() {
 
     /// Schedules run at once on the runtime: SQLite waits on its worker threads.
     const AT_ONCE: u64 = 25;
+    /// What real I/O may add to a call's bound.
+    const SQLITE_SLACK: Duration = Duration::from_secs(10);
 
     quiet_simulated_panics();
     let count = env_u64("IDEM_SIM_SQLITE_SCHEDULES").unwrap_or(300);
@@ -339,7 +403,10 @@ fn sqlite_store_under_faults() {
                 .iter()
                 .map(|i| (base + i, Plan::draw(base + i)))
                 .collect();
-            let histories = join_all(plans.iter().map(|(_, plan)| world::run(plan, store))).await;
+            let runs = plans
+                .iter()
+                .map(|(_, plan)| world::run(plan, store, SQLITE_SLACK));
+            let histories = join_all(runs).await;
             for ((seed, _), history) in plans.iter().zip(histories) {
                 tally.merge(&history.tally);
                 if !history.violations.is_empty() {

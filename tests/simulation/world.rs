@@ -25,9 +25,20 @@ const NAMESPACE: &str = "idem::simulation";
 /// What a panicking body panics with (the panic hook keeps these quiet).
 pub const PANIC: &str = "simulated panic in a body";
 
-/// The longest a call may take on the simulation's clock, retries of its record included:
-/// far above every lease, wait and delay a plan draws; a call still running then hangs.
-const BOUND: Duration = Duration::from_secs(600);
+/// The lease the faults' durations are drawn against.
+const FAULT_LEASE: u64 = 300;
+
+/// The longest an attempt may take: its wait (under `wait`), its body, the retries of its
+/// record (they stop a lease after the body), and the most the plan's faults delay one
+/// operation (`delay`) on each of the claim that ends the wait, the last `complete` and a
+/// `release` — with one to spare.
+fn bound(slot: &Slot, attempt: &Attempt, delay: Duration) -> Duration {
+    let wait = match slot.on_conflict {
+        OnConflict::Wait => slot.wait_timeout,
+        OnConflict::Reject => Duration::ZERO,
+    };
+    wait + attempt.body + slot.lease + 4 * delay
+}
 
 #[derive(Clone, Copy, Debug)]
 enum Errors {
@@ -77,6 +88,19 @@ struct Caller {
 struct FaultPlan {
     seed: u64,
     rules: Vec<(Fault, Vec<Op>, f64)>,
+}
+
+impl FaultPlan {
+    /// The most the faults delay one operation: every latency and stall at once.
+    fn max_delay(&self) -> Duration {
+        self.rules
+            .iter()
+            .map(|(fault, _, _)| match fault {
+                Fault::Latency(d) | Fault::Stall(d) => *d,
+                _ => Duration::ZERO,
+            })
+            .sum()
+    }
 }
 
 /// Everything a schedule does, drawn from its seed.
@@ -146,7 +170,7 @@ impl Plan {
         let mut rules = Vec::new();
         // A third of the schedules run without faults.
         if !rng.chance(33) {
-            let lease = 300;
+            let lease = FAULT_LEASE;
             let p = |rng: &mut Rng| rng.pick(&[0.02, 0.05, 0.15]);
             let ops = |rng: &mut Rng| -> Vec<Op> {
                 Op::ALL.into_iter().filter(|_| rng.chance(50)).collect()
@@ -190,7 +214,8 @@ static RUN: AtomicU64 = AtomicU64::new(0);
 
 /// Runs `plan` against `store` (on a current-thread runtime the caller made, its clock
 /// paused or not) and returns its history, invariants checked.
-pub async fn run<S: Store>(plan: &Plan, store: S) -> History {
+/// `slack` is added to every call's bound: on a real clock, I/O takes time of its own.
+pub async fn run<S: Store>(plan: &Plan, store: S, slack: Duration) -> History {
     let run = RUN.fetch_add(1, Ordering::Relaxed);
     let history = Mutex::new(History::new(plan.callers.len()));
     let mut faulty = FaultyStore::new(Ledger::new(store, &history), plan.faults.seed);
@@ -214,6 +239,7 @@ pub async fn run<S: Store>(plan: &Plan, store: S) -> History {
         keys: &keys,
         store: &faulty,
         history: &history,
+        slack,
     };
     join_all((0..plan.callers.len()).map(|c| world.caller(c))).await;
     world.finish();
@@ -238,6 +264,7 @@ struct World<'a, S> {
     keys: &'a [Key],
     store: &'a S,
     history: &'a Mutex<History>,
+    slack: Duration,
 }
 
 /// How one attempt ended.
@@ -245,7 +272,7 @@ enum Ended {
     Returned(Result<Out, SimError>),
     Panicked,
     Cancelled,
-    Hung,
+    Hung(Duration),
 }
 
 impl<S: Store> World<'_, S> {
@@ -267,9 +294,14 @@ impl<S: Store> World<'_, S> {
                 call: Box::pin(self.call(c, &tap, attempt)),
                 polls_left: attempt.cancel_after_polls,
             };
-            let ended = tokio::time::timeout(BOUND, call)
+            let bound = bound(
+                &self.plan.slots[me.slot],
+                attempt,
+                self.plan.faults.max_delay(),
+            ) + self.slack;
+            let ended = tokio::time::timeout(bound, call)
                 .await
-                .unwrap_or(Ended::Hung);
+                .unwrap_or(Ended::Hung(bound));
             let retry = self.check_attempt(c, &ended);
             if !retry {
                 break;
@@ -454,10 +486,10 @@ impl<S: Store> World<'_, S> {
         let view = &h.callers[c];
         let (exec, answer, store_failed) = (view.exec, view.last_answer, view.store_failed);
         let result = match ended {
-            Ended::Hung => {
+            Ended::Hung(bound) => {
                 h.violated(
                     "every call ends within its bound",
-                    format!("caller {c} still running after {BOUND:?}"),
+                    format!("caller {c} still running after {bound:?}"),
                 );
                 return false;
             }
