@@ -159,14 +159,17 @@ pub struct CallerView {
     pub store_failed: bool,
 }
 
+/// What an attempt returned (`None`: it panicked, was cancelled or hung), by which caller
+/// and when.
+pub type Returned = (usize, Duration, Option<Result<Out, SimError>>);
+
 #[derive(Default, Debug)]
 pub struct History {
     pub keys: HashMap<KeyDigest, KeyModel>,
     pub tokens: HashMap<TokenId, Facts>,
     pub execs: Vec<Exec>,
     pub callers: Vec<CallerView>,
-    /// What each attempt returned (`None`: panicked, cancelled or hung), by whom and when.
-    pub returned: Vec<(usize, Duration, Option<Result<Out, SimError>>)>,
+    pub returned: Vec<Returned>,
     pub violations: Vec<String>,
     pub tally: Tally,
     /// When the schedule started.
