@@ -49,7 +49,9 @@ const RENEW_EVERY: Duration = Duration::from_millis(100);
 
 mod claims;
 mod expiry;
+mod faults;
 mod fencing;
+mod fire;
 mod records;
 #[cfg(test)]
 mod reference;
@@ -59,7 +61,9 @@ mod waiters;
 
 pub use claims::*;
 pub use expiry::*;
+pub use faults::{Fault, FaultyStore, Injected, Op};
 pub use fencing::*;
+pub use fire::Duplicates;
 pub use records::*;
 use support::*;
 pub use tx::*;
