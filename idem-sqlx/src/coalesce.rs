@@ -270,10 +270,18 @@ impl Job for ClaimJob {
         } else {
             match batch::claims(store, &mut conn, &claims, read_first).await {
                 Ok(answers) => answers,
-                Err(e) => claims
-                    .iter()
-                    .map(|_| Some(Err(shared_error("claim", &e))))
-                    .collect(),
+                Err(e) => {
+                    // The insert may have landed before the error: nobody will own
+                    // those claims, so release them (fenced by their tokens).
+                    for claim in &claims {
+                        let token = Token::new(claim.token as u64);
+                        cancel::release_in_background(store, claim.key, token);
+                    }
+                    claims
+                        .iter()
+                        .map(|_| Some(Err(shared_error("claim", &e))))
+                        .collect()
+                }
             }
         };
         // What the batch did not settle (a batch of one; a takeover; a record that changed
@@ -301,9 +309,10 @@ impl Job for ClaimJob {
         for (job, reply) in jobs.into_iter().zip(replies) {
             let Some(reply) = reply else { continue };
             let reply = store.order.learn(reply);
-            // The caller is gone (cancelled): release the claim it will never know of.
+            // The caller is gone (cancelled): release the claim it will never know of —
+            // on a task, so that the next batch does not wait for these commits.
             if let Err(Ok(Claim::Claimed(token))) = job.reply.send(reply) {
-                cancel::released(D::release_on(store, &mut conn, &job.key, token).await);
+                cancel::release_in_background(store, &job.key, token);
             }
         }
     }

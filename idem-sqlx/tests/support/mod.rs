@@ -5,6 +5,8 @@
 //! `IDEM_REQUIRE_SERVERS=1` (as CI sets), where a missing URL fails the test.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod coalesce;
+
 use std::io::Write;
 use std::sync::Once;
 use std::sync::atomic::{AtomicU64, Ordering};
