@@ -12,6 +12,7 @@
 //!
 //! `cargo bench --bench sql --features sqlite,postgres,mysql -- coalesce`.
 
+use crate::support::clock::Clock;
 use crate::support::measure::{Mode, Protocol, Timing};
 use crate::support::paired;
 use crate::support::payload::{Transfer, fresh_requests};
@@ -146,7 +147,8 @@ fn run<P: Protocol>(
 }
 
 /// Per call against coalesced, interleaved in [`ROUNDS`] rounds (ABBA): keys/s (median of
-/// the rounds) and the latency of every call (p50, p99), printed to stderr.
+/// the rounds), the latency of every call (p50, p99) and this process's CPU time per call
+/// (median of the rounds), printed to stderr.
 fn latencies<P: Protocol>(
     rt: &Runtime,
     label: &str,
@@ -162,11 +164,16 @@ fn latencies<P: Protocol>(
     let rate = probe(per_call).max(probe(coalesced));
     let per_task = ((rate * ROUND_SIDE.as_secs_f64()) as u64 / CALLERS).clamp(2, 400);
     let mut sides: [(Vec<f64>, Vec<Duration>); 2] = Default::default();
+    let mut cpu: [Vec<f64>; 2] = Default::default();
     for round in 0..ROUNDS {
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for side in order {
             let p = [per_call, coalesced][side];
+            let clock = Clock::process_cpu();
             let ((time, latencies), calls) = run(rt, p, keys, per_task, recorded, true);
+            if let Some(clock) = clock {
+                cpu[side].push(clock.elapsed().as_secs_f64() * 1e6 / calls as f64);
+            }
             sides[side].0.push(calls as f64 / time.as_secs_f64());
             sides[side].1.extend(latencies);
         }
@@ -180,10 +187,14 @@ fn latencies<P: Protocol>(
     let [a, b] = &mut sides;
     let (a, b) = (summary(a), summary(b));
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let [cpu_a, cpu_b] = cpu.map(|mut c| {
+        c.sort_by(f64::total_cmp);
+        c.get(c.len() / 2).copied().unwrap_or(f64::NAN)
+    });
     eprintln!(
         "coalesce {label:<28} per_call {:>8.0} keys/s (p50 {:>6.2} ms, p99 {:>6.2} ms)  \
          coalesced {:>8.0} keys/s (p50 {:>6.2} ms, p99 {:>6.2} ms)  ratio {:.2} \
-         ({ROUNDS} rounds × {} calls)",
+         ({ROUNDS} rounds × {} calls)  cpu {cpu_a:.1} / {cpu_b:.1} µs per call",
         a.0,
         ms(a.1),
         ms(a.2),

@@ -44,6 +44,41 @@ impl<'a> Completion<'a> {
     }
 }
 
+/// How many rows a multi-row statement for `n` items has: the next power of two, so that
+/// a connection prepares (and its statement cache keeps) a few statements, not one per
+/// batch size.
+pub(crate) fn rows_for(n: usize) -> usize {
+    n.next_power_of_two()
+}
+
+/// `items` padded to [`rows_for`] their count by repeating the last one: a repeated
+/// claim's insert finds its own row and does nothing, a repeated key's read matches the
+/// row once.
+pub(crate) fn padded<T>(items: &[T]) -> impl Iterator<Item = &T> {
+    let last = items.len().saturating_sub(1);
+    (0..rows_for(items.len())).filter_map(move |i| items.get(i.min(last)))
+}
+
+/// A completion that matches no row (no key has an empty digest, no token is negative),
+/// to pad a multi-row `UPDATE` to [`rows_for`] its items.
+pub(crate) const NO_COMPLETION: Completion<'static> = Completion {
+    digest: &[],
+    token: -1,
+    outcome: 0,
+    bytes: &[],
+    ttl: Duration::ZERO,
+};
+
+/// `items` padded to [`rows_for`] their count with [`NO_COMPLETION`].
+pub(crate) fn padded_completions<'a>(
+    items: &'a [Completion<'a>],
+) -> impl Iterator<Item = &'a Completion<'a>> {
+    let rows = rows_for(items.len());
+    items
+        .iter()
+        .chain(std::iter::repeat_n(&NO_COMPLETION, rows - items.len()))
+}
+
 /// `row` (one row of placeholders) `n` times, separated by `separator`: the rows of a
 /// multi-row statement whose size is the batch's.
 pub(crate) fn repeat(row: &str, n: usize, separator: &str) -> String {

@@ -19,6 +19,10 @@ use crate::cancel;
 use crate::claim::NewClaim;
 use crate::store::{Common, SqlStore};
 
+/// Statements of one kind in flight at once: one. (Four measured the same on PostgreSQL
+/// with 256 callers — BENCHMARKS.md — and one keeps the batches largest.)
+const IN_FLIGHT: usize = 1;
+
 /// The most calls one batch takes; more wait for the next.
 const MAX_BATCH: usize = 512;
 
@@ -39,8 +43,8 @@ struct Queue<J> {
 }
 
 struct QueueState<J> {
-    /// A statement of this kind is in flight (a lone call's, or a batch's).
-    busy: bool,
+    /// Statements of this kind in flight (lone calls' or batches'), at most [`IN_FLIGHT`].
+    in_flight: usize,
     waiting: Vec<J>,
 }
 
@@ -48,7 +52,7 @@ impl<J> Default for Queue<J> {
     fn default() -> Self {
         Queue {
             state: Mutex::new(QueueState {
-                busy: false,
+                in_flight: 0,
                 waiting: Vec::new(),
             }),
         }
@@ -60,11 +64,11 @@ impl<J> Queue<J> {
     /// pass the baton). Else queues `job()` and returns `false`.
     fn lead_or_queue(&self, job: impl FnOnce() -> J) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.busy {
+        if state.in_flight >= IN_FLIGHT {
             state.waiting.push(job());
             false
         } else {
-            state.busy = true;
+            state.in_flight += 1;
             true
         }
     }
@@ -74,7 +78,7 @@ impl<J> Queue<J> {
     fn next_batch(&self) -> Vec<J> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.waiting.is_empty() {
-            state.busy = false;
+            state.in_flight -= 1;
             return Vec::new();
         }
         if state.waiting.len() <= MAX_BATCH {

@@ -265,7 +265,7 @@ impl Dialect for MySqlDialect {
         let rows = batch::repeat(
             "(?, ?, ?, ?, 0, ?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
               UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, UTC_TIMESTAMP(6))",
-            claims.len(),
+            batch::rows_for(claims.len()),
             ", ",
         );
         let sql = Self::sql(
@@ -276,7 +276,7 @@ impl Dialect for MySqlDialect {
             ),
         );
         let mut query = sqlx::query(sql);
-        for claim in claims {
+        for claim in batch::padded(claims) {
             let lease = micros(claim.lease);
             query = query
                 .bind(claim.digest())
@@ -295,7 +295,7 @@ impl Dialect for MySqlDialect {
         conn: &mut MySqlConnection,
         digests: &[&[u8]],
     ) -> Result<Vec<BatchRow>, sqlx::Error> {
-        let list = batch::repeat("?", digests.len(), ", ");
+        let list = batch::repeat("?", batch::rows_for(digests.len()), ", ");
         let sql = Self::sql(
             &store.table,
             &concat!(
@@ -306,7 +306,7 @@ impl Dialect for MySqlDialect {
             .replace("{list}", &list),
         );
         let mut query = sqlx::query(sql);
-        for digest in digests {
+        for digest in batch::padded(digests) {
             query = query.bind(*digest);
         }
         let rows = query.fetch_all(conn).await?;
@@ -329,7 +329,8 @@ impl Dialect for MySqlDialect {
         conn: &mut MySqlConnection,
         items: &[Completion<'_>],
     ) -> Result<u64, sqlx::Error> {
-        let rows = batch::repeat("SELECT ?, ?, ?, ?, ?", items.len() - 1, " UNION ALL ");
+        let rows = batch::rows_for(items.len());
+        let rows = batch::repeat("SELECT ?, ?, ?, ?, ?", rows - 1, " UNION ALL ");
         let sql = Self::sql(
             &store.table,
             &format!(
@@ -339,11 +340,11 @@ impl Dialect for MySqlDialect {
                  SET r.state = 1, r.outcome = u.o, r.output = u.b, r.lease_until = NULL, \
                    r.expires_at = UTC_TIMESTAMP(6) + INTERVAL u.ttl MICROSECOND \
                  WHERE r.state = 0",
-                union = if items.len() > 1 { "UNION ALL " } else { "" },
+                union = if rows.is_empty() { "" } else { "UNION ALL " },
             ),
         );
         let mut query = sqlx::query(sql);
-        for item in items {
+        for item in batch::padded_completions(items) {
             query = query
                 .bind(item.digest)
                 .bind(item.token)

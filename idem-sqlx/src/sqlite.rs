@@ -301,7 +301,7 @@ impl Dialect for SqliteDialect {
     ) -> Result<(), sqlx::Error> {
         let rows = batch::repeat(
             "(?, ?, ?, ?, 0, ?, NULL, NULL, {now} + ?, {now} + ?, {now})",
-            claims.len(),
+            batch::rows_for(claims.len()),
             ", ",
         );
         let sql = Self::sql(
@@ -313,7 +313,7 @@ impl Dialect for SqliteDialect {
             ),
         );
         let mut query = sqlx::query(sql);
-        for claim in claims {
+        for claim in batch::padded(claims) {
             let lease = millis(claim.lease);
             query = query
                 .bind(claim.digest())
@@ -332,7 +332,7 @@ impl Dialect for SqliteDialect {
         conn: &mut SqliteConnection,
         digests: &[&[u8]],
     ) -> Result<Vec<BatchRow>, sqlx::Error> {
-        let list = batch::repeat("?", digests.len(), ", ");
+        let list = batch::repeat("?", batch::rows_for(digests.len()), ", ");
         let sql = Self::sql(
             &store.table,
             &concat!(
@@ -343,7 +343,7 @@ impl Dialect for SqliteDialect {
             .replace("{list}", &list),
         );
         let mut query = sqlx::query(sql);
-        for digest in digests {
+        for digest in batch::padded(digests) {
             query = query.bind(*digest);
         }
         let rows = query.fetch_all(conn).await?;
@@ -364,7 +364,7 @@ impl Dialect for SqliteDialect {
         conn: &mut SqliteConnection,
         items: &[Completion<'_>],
     ) -> Result<u64, sqlx::Error> {
-        let rows = batch::repeat("(?, ?, ?, ?, ?)", items.len(), ", ");
+        let rows = batch::repeat("(?, ?, ?, ?, ?)", batch::rows_for(items.len()), ", ");
         let sql = Self::sql(
             &store.table,
             &format!(
@@ -375,7 +375,7 @@ impl Dialect for SqliteDialect {
             ),
         );
         let mut query = sqlx::query(sql);
-        for item in items {
+        for item in batch::padded_completions(items) {
             query = query
                 .bind(item.digest)
                 .bind(item.token)
