@@ -98,9 +98,10 @@ pub(crate) fn repeat(row: &str, n: usize, separator: &str) -> String {
 ///
 /// The same statements a single claim sends, each once for the whole batch and in the
 /// order the store's recent claims call for: reading first, the live records are answered
-/// by that one read (a replay writes nothing); the rest are inserted where absent and read
-/// back, and a row that carries the claim's own token (made on the client, random) is the
-/// claim's — so the insert needs no `RETURNING`, which MySQL does not have.
+/// by that one read (a replay writes nothing); the rest are inserted where absent. The
+/// insert's `RETURNING` says which it inserted; the others (all of them on MySQL, which has
+/// no `RETURNING`) are read back, and a row that carries the claim's own token (made on the
+/// client, random) is the claim's.
 pub(crate) async fn claims<D: Common>(
     store: &SqlStore<D>,
     conn: &mut Conn<D>,
@@ -136,15 +137,27 @@ pub(crate) async fn claims<D: Common>(
     open.sort_by_key(|&i| claims[i].digest());
     let insert: Vec<NewClaim<'_>> = open.iter().map(|&i| claims[i]).collect();
     let mut deadlocks = 0;
-    loop {
+    let inserted = loop {
         match D::insert_batch(store, conn, &insert).await {
-            Ok(()) => break,
+            Ok(inserted) => break inserted,
             // MySQL: the statement alone was rolled back; running it again is safe.
             Err(e) if D::is_deadlock(&e) && deadlocks < CLAIM_ATTEMPTS => deadlocks += 1,
             Err(e) => return Err(e),
         }
+    };
+    for digest in inserted.iter().flatten() {
+        if let Some(&i) = index.get(&digest[..]) {
+            answers[i] = Some(Ok(claims[i].claimed()));
+        }
     }
-    let digests: Vec<&[u8]> = insert.iter().map(NewClaim::digest).collect();
+    let digests: Vec<&[u8]> = insert
+        .iter()
+        .map(NewClaim::digest)
+        .filter(|digest| answers[index[digest]].is_none())
+        .collect();
+    if digests.is_empty() {
+        return Ok(answers);
+    }
     for row in D::read_batch(store, conn, &digests).await? {
         let Some(&i) = index.get(&row.digest[..]) else {
             continue;

@@ -186,19 +186,24 @@ pub(crate) async fn claim<D: Common>(
     new: NewClaim<'_>,
     alone: impl Future<Output = Result<Claim, StoreError>>,
 ) -> Result<Claim, StoreError> {
-    let (reply, answer) = oneshot::channel();
-    let job = || ClaimJob {
-        key: new.key.clone(),
-        fingerprint: *new.fingerprint,
-        lease: new.lease,
-        token: new.token,
-        reply,
+    // The channel and the copy of the key are made only for a call that queues.
+    let mut answer = None;
+    let job = || {
+        let (reply, receiver) = oneshot::channel();
+        answer = Some(receiver);
+        ClaimJob {
+            key: new.key.clone(),
+            fingerprint: *new.fingerprint,
+            lease: new.lease,
+            token: new.token,
+            reply,
+        }
     };
     if let Some(claimed) = lead::<D, ClaimJob, _>(store, coalescer, job, alone).await {
         return claimed;
     }
     let mut answer = Answer {
-        answer: Some(answer),
+        answer,
         store,
         key: new.key,
     };
@@ -362,20 +367,27 @@ pub(crate) async fn complete<D: Common>(
     (key, token, output, ttl): (&Key, Token, &Output, Duration),
     alone: impl Future<Output = Result<(), StoreError>>,
 ) -> Result<(), StoreError> {
-    let (reply, answer) = oneshot::channel();
-    let job = || CompleteJob {
-        key: key.clone(),
-        token,
-        output: output.clone(),
-        ttl,
-        reply,
+    let mut answer = None;
+    let job = || {
+        let (reply, receiver) = oneshot::channel();
+        answer = Some(receiver);
+        CompleteJob {
+            key: key.clone(),
+            token,
+            output: output.clone(),
+            ttl,
+            reply,
+        }
     };
     if let Some(done) = lead::<D, CompleteJob, _>(store, coalescer, job, alone).await {
         return done;
     }
-    answer
-        .await
-        .unwrap_or_else(|_| Err(StoreError::backend("complete", "the batch was dropped")))
+    match answer {
+        Some(answer) => answer
+            .await
+            .unwrap_or_else(|_| Err(StoreError::backend("complete", "the batch was dropped"))),
+        None => Err(StoreError::backend("complete", "neither run nor queued")),
+    }
 }
 
 impl Job for CompleteJob {

@@ -83,11 +83,13 @@ pub trait Dialect: Clone + Default + Send + Sync + 'static {
     /// Coalescing: inserts the claims (distinct keys, in key order, so that concurrent
     /// batches lock rows in one order) whose keys have no row, in one statement; a key
     /// that has a row keeps it untouched (no write, no lock held after the statement).
+    /// The digests it inserted, where the database can say (`RETURNING`); `None` where it
+    /// cannot (MySQL), and the batch reads the rows back to see whose token they carry.
     fn insert_batch(
         store: &SqlStore<Self>,
         conn: &mut Conn<Self>,
         claims: &[NewClaim<'_>],
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+    ) -> impl Future<Output = Result<Option<Vec<Vec<u8>>>, sqlx::Error>> + Send;
 
     /// Coalescing: the rows of `digests` (distinct keys), in one statement, with their
     /// tokens; a key with no row has no entry.

@@ -256,12 +256,13 @@ impl Dialect for MySqlDialect {
         Ok(claimed)
     }
 
-    /// One multi-row `INSERT IGNORE` (built per batch: its rows' count is the batch's).
+    /// One multi-row `INSERT IGNORE` (its rows are the batch's, padded:
+    /// `batch::rows_for`); no `RETURNING` on MySQL, so the batch reads the rows back.
     async fn insert_batch(
         store: &MySqlStore,
         conn: &mut MySqlConnection,
         claims: &[NewClaim<'_>],
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<Option<Vec<Vec<u8>>>, sqlx::Error> {
         let rows = batch::repeat(
             "(?, ?, ?, ?, 0, ?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
               UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, UTC_TIMESTAMP(6))",
@@ -287,7 +288,7 @@ impl Dialect for MySqlDialect {
                 .bind(lease)
                 .bind(lease);
         }
-        query.execute(conn).await.map(drop)
+        query.execute(conn).await.map(|_| None)
     }
 
     async fn read_batch(

@@ -136,7 +136,7 @@ impl Dialect for PgDialect {
                  FROM unnest($1::bytea[], $2::text[], $3::text[], $4::bytea[], $5::int8[], \
                              $6::int8[]) AS u(d, n, p, f, tk, l) \
                  ORDER BY d \
-                 ON CONFLICT (key_digest) DO NOTHING",
+                 ON CONFLICT (key_digest) DO NOTHING RETURNING key_digest",
             ),
             read_batch: sql(concat!(
                 "SELECT key_digest, token, ",
@@ -278,12 +278,12 @@ impl Dialect for PgDialect {
         store: &PgStore,
         conn: &mut PgConnection,
         claims: &[NewClaim<'_>],
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<Option<Vec<Vec<u8>>>, sqlx::Error> {
         let keys = || claims.iter().map(|c| c.key);
         let texts: (Vec<Cow<'_, str>>, Vec<Cow<'_, str>>) = keys()
             .map(|k| (pg_text(k.namespace()), pg_text(k.preview())))
             .unzip();
-        sqlx::query(store.sql.own.insert_batch.clone())
+        sqlx::query_scalar(store.sql.own.insert_batch.clone())
             .bind(claims.iter().map(NewClaim::digest).collect::<Vec<_>>())
             .bind(texts.0.iter().map(|t| &**t).collect::<Vec<&str>>())
             .bind(texts.1.iter().map(|t| &**t).collect::<Vec<&str>>())
@@ -295,9 +295,9 @@ impl Dialect for PgDialect {
             )
             .bind(claims.iter().map(|c| c.token).collect::<Vec<_>>())
             .bind(claims.iter().map(|c| micros(c.lease)).collect::<Vec<_>>())
-            .execute(conn)
+            .fetch_all(conn)
             .await
-            .map(drop)
+            .map(Some)
     }
 
     async fn read_batch(

@@ -292,13 +292,13 @@ impl Dialect for SqliteDialect {
         }
     }
 
-    /// One multi-row `INSERT … ON CONFLICT DO NOTHING` (the rows' count is the batch's,
-    /// so the statement is built per batch; SQLite prepares it in-process).
+    /// One multi-row `INSERT … ON CONFLICT DO NOTHING RETURNING key_digest` (its rows are
+    /// the batch's, padded: `batch::rows_for`).
     async fn insert_batch(
         store: &SqliteStore,
         conn: &mut SqliteConnection,
         claims: &[NewClaim<'_>],
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<Option<Vec<Vec<u8>>>, sqlx::Error> {
         let rows = batch::repeat(
             "(?, ?, ?, ?, 0, ?, NULL, NULL, {now} + ?, {now} + ?, {now})",
             batch::rows_for(claims.len()),
@@ -309,10 +309,10 @@ impl Dialect for SqliteDialect {
             &format!(
                 "INSERT INTO {{t}} (key_digest, namespace, key_preview, fingerprint, state, \
                    token, outcome, output, lease_until, expires_at, created_at) \
-                 VALUES {rows} ON CONFLICT (key_digest) DO NOTHING"
+                 VALUES {rows} ON CONFLICT (key_digest) DO NOTHING RETURNING key_digest"
             ),
         );
-        let mut query = sqlx::query(sql);
+        let mut query = sqlx::query_scalar(sql);
         for claim in batch::padded(claims) {
             let lease = millis(claim.lease);
             query = query
@@ -324,7 +324,7 @@ impl Dialect for SqliteDialect {
                 .bind(lease)
                 .bind(lease);
         }
-        query.execute(conn).await.map(drop)
+        query.fetch_all(conn).await.map(Some)
     }
 
     async fn read_batch(
