@@ -300,20 +300,15 @@ impl Job for ClaimJob {
                 *answer = Some(D::claim(store, &mut conn, *claim, read_first).await);
             }
         }
-        let mut answers: Vec<Result<Claim, StoreError>> = answers
-            .into_iter()
-            .map(|a| a.unwrap_or_else(|| Err(StoreError::backend("claim", "not answered"))))
-            .collect();
         let mut replies: Vec<Option<Result<Claim, StoreError>>> =
             jobs.iter().map(|_| None).collect();
         for &(i, p) in &followers {
-            replies[i] = Some(follow(&answers[p], &jobs[primaries[p]]));
+            if let Some(first) = &answers[p] {
+                replies[i] = Some(follow(first, &jobs[primaries[p]]));
+            }
         }
-        for (p, &i) in primaries.iter().enumerate().rev() {
-            replies[i] = Some(std::mem::replace(
-                &mut answers[p],
-                Err(StoreError::LeaseLost),
-            ));
+        for (&i, answer) in primaries.iter().zip(answers) {
+            replies[i] = answer;
         }
         for (job, reply) in jobs.into_iter().zip(replies) {
             let Some(reply) = reply else { continue };

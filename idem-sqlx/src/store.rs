@@ -106,11 +106,12 @@ impl<D: Dialect> SqlStore<D> {
     /// `release`, outputs over 16 KiB and transactional mode (`tx =`) are not coalesced.
     ///
     /// Per database: PostgreSQL binds the batch as arrays (`INSERT … SELECT FROM
-    /// unnest(…) ON CONFLICT DO NOTHING`, `SELECT … WHERE key_digest = ANY(…)`, `UPDATE …
-    /// FROM unnest(…)`); SQLite and MySQL/MariaDB as multi-row `VALUES` lists
-    /// (`INSERT … ON CONFLICT DO NOTHING` / `INSERT IGNORE`, `SELECT … IN (…)`, and an
-    /// `UPDATE` joined with the rows). BENCHMARKS.md ("coalescing") has what it gains and
-    /// costs.
+    /// unnest(…) ON CONFLICT DO NOTHING RETURNING`, `SELECT … WHERE key_digest = ANY(…)`
+    /// for the keys it did not insert, `UPDATE … FROM unnest(…)`); SQLite and
+    /// MySQL/MariaDB as multi-row `VALUES` lists (`INSERT … ON CONFLICT DO NOTHING
+    /// RETURNING` / `INSERT IGNORE`, then `SELECT … IN (…)` — on MySQL of every key, read
+    /// back by token — and an `UPDATE` joined with the rows). BENCHMARKS.md
+    /// ("coalescing") has what it gains and costs.
     pub fn with_coalescing(self, on: bool) -> Self {
         SqlStore {
             coalescer: on.then(Arc::default),
