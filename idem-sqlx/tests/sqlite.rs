@@ -638,8 +638,13 @@ mod coalescing {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn batches_send_fewer_statements() {
         with_store(|store, _| async move {
-            let coalesced = Arc::new((*store).clone().with_coalescing(true));
-            let table = store.table().to_owned();
+            // A table name no other test's statements contain (each file's default table
+            // is `idem_records`), as the count goes by the table's name.
+            let table = support::unique_table("idem_coalesce");
+            let store = Arc::unwrap_or_clone(store).with_table(&table).unwrap();
+            store.migrate().await.unwrap();
+            let coalesced = Arc::new(store.clone().with_coalescing(true));
+            let store = Arc::new(store);
             support::coalesce::batches_send_fewer_statements(store, coalesced, &table).await;
         })
         .await;

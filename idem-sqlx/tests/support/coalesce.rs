@@ -96,10 +96,10 @@ pub async fn batches_send_fewer_statements<S: Store + 'static>(
     let batched = statements_for_burst(coalesced, table, 256).await;
     println!("256 claims + completes: {one_by_one} statements one by one, {batched} coalesced");
     assert!(one_by_one >= 2 * 256, "{one_by_one}");
-    // Far fewer (one batch's statements serve many calls), with room for a loaded
-    // machine on which the tasks reach the store spread out, in smaller batches.
+    // Far fewer (one batch's statements serve many calls; 6 to 11 here), with room for a
+    // loaded machine on which the tasks reach the store spread out, in smaller batches.
     assert!(
-        batched * 3 <= one_by_one,
+        batched * 8 <= one_by_one,
         "{batched} statements coalesced, {one_by_one} one by one"
     );
 }
