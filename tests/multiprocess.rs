@@ -72,7 +72,8 @@ fn worker() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let db = Arc::new(backend.connect(&table).await);
+        let coalesce = std::env::var("IDEM_MP_COALESCE").is_ok_and(|v| v == "1");
+        let db = Arc::new(backend.open(&table, coalesce).await);
         match mode.as_str() {
             "race" => {
                 let worker: u32 = env("IDEM_MP_WORKER").parse().unwrap();
@@ -155,8 +156,17 @@ fn lines_of(child: Child) -> Vec<String> {
 }
 
 async fn processes_race_on_the_same_keys(backend: Backend) {
+    processes_race(backend, false).await;
+}
+
+/// The race with every process's claims and completes coalesced.
+async fn coalesced_processes_race_on_the_same_keys(backend: Backend) {
+    processes_race(backend, true).await;
+}
+
+async fn processes_race(backend: Backend, coalesce: bool) {
     let table = unique("idem_mp");
-    let db = backend.connect(&table).await;
+    let db = backend.open(&table, coalesce).await;
     let workers: Vec<Child> = (0..PROCESSES)
         .map(|w| {
             spawn_worker(
@@ -165,6 +175,7 @@ async fn processes_race_on_the_same_keys(backend: Backend) {
                 &[
                     ("IDEM_MP_MODE", "race".into()),
                     ("IDEM_MP_WORKER", w.to_string()),
+                    ("IDEM_MP_COALESCE", u8::from(coalesce).to_string()),
                 ],
             )
         })
@@ -203,8 +214,17 @@ async fn processes_race_on_the_same_keys(backend: Backend) {
 }
 
 async fn a_killed_owner_is_recovered_after_its_lease(backend: Backend) {
+    killed_owner(backend, false).await;
+}
+
+/// The killed owner, its claim and the retries coalesced.
+async fn a_coalesced_killed_owner_is_recovered_after_its_lease(backend: Backend) {
+    killed_owner(backend, true).await;
+}
+
+async fn killed_owner(backend: Backend, coalesce: bool) {
     let table = unique("idem_crash");
-    let db = backend.connect(&table).await;
+    let db = backend.open(&table, coalesce).await;
     let key = "order-1";
     let mut child = KillOnDrop(spawn_worker(
         &backend,
@@ -212,6 +232,7 @@ async fn a_killed_owner_is_recovered_after_its_lease(backend: Backend) {
         &[
             ("IDEM_MP_MODE", "crash".into()),
             ("IDEM_MP_KEY", key.into()),
+            ("IDEM_MP_COALESCE", u8::from(coalesce).to_string()),
         ],
     ));
     let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
@@ -369,6 +390,8 @@ macro_rules! per_server {
 per_backend! {
     processes_race_exactly_once: processes_race_on_the_same_keys;
     killed_owner_recovers: a_killed_owner_is_recovered_after_its_lease;
+    coalesced_processes_race_exactly_once: coalesced_processes_race_on_the_same_keys;
+    coalesced_killed_owner_recovers: a_coalesced_killed_owner_is_recovered_after_its_lease;
 }
 
 mod skew {

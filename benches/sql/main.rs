@@ -38,6 +38,7 @@
 mod support;
 
 mod baseline;
+mod coalesce;
 mod mysql;
 mod postgres;
 mod sqlite;
@@ -91,6 +92,9 @@ trait Idem: Protocol {
 
     /// The store on `pool` in `table`, migrated.
     fn migrated(pool: Pool<Self::Db>, table: &str) -> impl Future<Output = Self>;
+
+    /// The same store with claims and completes coalesced.
+    fn coalesced(self) -> Self;
 }
 
 macro_rules! idem_protocol {
@@ -114,6 +118,10 @@ macro_rules! idem_protocol {
                 let store = $store::new(pool).with_table(table).unwrap();
                 store.migrate().await.unwrap();
                 $name(store)
+            }
+
+            fn coalesced(self) -> Self {
+                $name(self.0.with_coalescing(true))
             }
         }
     };
@@ -170,6 +178,14 @@ fn bench_backend<D: Dialect, I: Idem<Db = D::Db>>(
         measure::bench(&mut group, "baseline", rt, how, || baseline.clone());
         group.finish();
     }
+
+    // The per-call protocol against coalescing (`coalesce.rs`), each in a table of its own.
+    let (per_call, coalesced) = rt.block_on(async {
+        let per_call = I::migrated(pool.clone(), &format!("{table}_pc")).await;
+        let coalesced = I::migrated(pool.clone(), &format!("{table}_co")).await;
+        (per_call, coalesced.coalesced())
+    });
+    coalesce::bench(c, backend, rt, (&per_call, &coalesced));
 
     let base = ("baseline", &baseline);
     for (group, mode) in Mode::GROUPS {
@@ -254,7 +270,8 @@ fn bench_server<D: Dialect, I: Idem<Db = D::Db>>(
     let base_table = format!("{table}_base");
     bench_backend::<D, I>(c, backend, &rt, &pool, [&table, &base_table]);
     rt.block_on(async {
-        for t in [&table, &base_table] {
+        let coalesce_tables = [format!("{table}_pc"), format!("{table}_co")];
+        for t in [&table, &base_table].into_iter().chain(&coalesce_tables) {
             sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
                 .execute(&pool)
                 .await

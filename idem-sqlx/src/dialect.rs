@@ -6,6 +6,7 @@ use sqlx::{Database, Encode, SqlStr, Transaction, Type};
 use std::future::Future;
 use std::time::Duration;
 
+use crate::batch::{BatchRow, Completion};
 use crate::claim::NewClaim;
 use crate::found::Found;
 use crate::store::SqlStore;
@@ -52,6 +53,11 @@ pub trait Dialect: Clone + Default + Send + Sync + 'static {
     /// The record a read of [`Templates::read`] (or its own locking read) returned.
     fn found(row: &<Self::Database as Database>::Row) -> Result<Found, StoreError>;
 
+    /// The claim outcome for a live row it read (MySQL checks more of the row first).
+    fn live_claim(found: Found) -> Result<Claim, StoreError> {
+        found.into_claim()
+    }
+
     /// How many rows a statement matched.
     fn rows_affected(done: &<Self::Database as Database>::QueryResult) -> u64;
 
@@ -73,6 +79,33 @@ pub trait Dialect: Clone + Default + Send + Sync + 'static {
         claim: NewClaim<'_>,
         wait: Duration,
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
+
+    /// Coalescing: inserts the claims (distinct keys, in key order, so that concurrent
+    /// batches lock rows in one order) whose keys have no row, in one statement; a key
+    /// that has a row keeps it untouched (no write, no lock held after the statement).
+    /// The digests it inserted, where the database can say (`RETURNING`); `None` where it
+    /// cannot (MySQL), and the batch reads the rows back to see whose token they carry.
+    fn insert_batch(
+        store: &SqlStore<Self>,
+        conn: &mut Conn<Self>,
+        claims: &[NewClaim<'_>],
+    ) -> impl Future<Output = Result<Option<Vec<Vec<u8>>>, sqlx::Error>> + Send;
+
+    /// Coalescing: the rows of `digests` (distinct keys), in one statement, with their
+    /// tokens; a key with no row has no entry.
+    fn read_batch(
+        store: &SqlStore<Self>,
+        conn: &mut Conn<Self>,
+        digests: &[&[u8]],
+    ) -> impl Future<Output = Result<Vec<BatchRow>, sqlx::Error>> + Send;
+
+    /// Coalescing: the fenced completion of every item (distinct keys), in one statement;
+    /// how many rows it matched.
+    fn complete_batch(
+        store: &SqlStore<Self>,
+        conn: &mut Conn<Self>,
+        items: &[Completion<'_>],
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
     /// Runs [`Templates::schema`], serialized against other processes doing the same.
     fn migrate(store: &SqlStore<Self>) -> impl Future<Output = Result<(), Error>> + Send;

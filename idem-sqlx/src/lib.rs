@@ -15,8 +15,10 @@
     allow(dead_code)
 )]
 
+mod batch;
 mod cancel;
 mod claim;
+mod coalesce;
 mod columns;
 mod dialect;
 mod duration;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::batch::{self, BatchRow, Completion};
 use crate::claim::{CLAIM_ATTEMPTS, NewClaim, kept_changing};
 use crate::dialect::{Dialect, Placeholders, Templates};
 use crate::duration::micros;
@@ -118,14 +119,20 @@ pub struct Statements {
     take_over: SqlStr,
 }
 
+/// The columns of [`READ`], for [`Dialect::found`].
+macro_rules! read_columns {
+    () => {
+        "state, fingerprint, outcome, output, \
+         CASE WHEN expires_at <= UTC_TIMESTAMP(6) THEN -1 \
+              ELSE TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) END AS remaining_us"
+    };
+}
+
 /// A claim's read of the key's row. An `expires_at` the takeover and the purge treat as
 /// past (`<= UTC_TIMESTAMP(6)`) is -1 — a zero date `0000-00-00` included, for which
 /// `TIMESTAMPDIFF` is NULL — so such a row counts as expired; NULL is left for dates that
 /// are neither (a corrupt record).
-const READ: &str = "SELECT state, fingerprint, outcome, output, \
-       CASE WHEN expires_at <= UTC_TIMESTAMP(6) THEN -1 \
-            ELSE TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) END AS remaining_us \
-     FROM {t} WHERE key_digest = ?";
+const READ: &str = concat!("SELECT ", read_columns!(), " FROM {t} WHERE key_digest = ?");
 
 impl Dialect for MySqlDialect {
     type Database = sqlx::MySql;
@@ -206,6 +213,11 @@ impl Dialect for MySqlDialect {
         done.rows_affected()
     }
 
+    fn live_claim(found: Found) -> Result<Claim, StoreError> {
+        not_padded(&found.fingerprint)?;
+        found.into_claim()
+    }
+
     async fn claim(
         store: &MySqlStore,
         conn: &mut MySqlConnection,
@@ -242,6 +254,106 @@ impl Dialect for MySqlDialect {
         let claimed = claimed?;
         restored?;
         Ok(claimed)
+    }
+
+    /// One multi-row `INSERT IGNORE` (its rows are the batch's, padded:
+    /// `batch::rows_for`); no `RETURNING` on MySQL, so the batch reads the rows back.
+    async fn insert_batch(
+        store: &MySqlStore,
+        conn: &mut MySqlConnection,
+        claims: &[NewClaim<'_>],
+    ) -> Result<Option<Vec<Vec<u8>>>, sqlx::Error> {
+        let rows = batch::repeat(
+            "(?, ?, ?, ?, 0, ?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
+              UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, UTC_TIMESTAMP(6))",
+            batch::rows_for(claims.len()),
+            ", ",
+        );
+        let sql = Self::sql(
+            &store.table,
+            &format!(
+                "INSERT IGNORE INTO {{t}} (key_digest, namespace, key_preview, fingerprint, \
+                   state, token, lease_until, expires_at, created_at) VALUES {rows}"
+            ),
+        );
+        let mut query = sqlx::query(sql);
+        for claim in batch::padded(claims) {
+            let lease = micros(claim.lease);
+            query = query
+                .bind(claim.digest())
+                .bind(truncate_chars(claim.key.namespace(), NAMESPACE_CHARS))
+                .bind(claim.key.preview())
+                .bind(&claim.fingerprint.as_bytes()[..])
+                .bind(claim.token)
+                .bind(lease)
+                .bind(lease);
+        }
+        query.execute(conn).await.map(|_| None)
+    }
+
+    async fn read_batch(
+        store: &MySqlStore,
+        conn: &mut MySqlConnection,
+        digests: &[&[u8]],
+    ) -> Result<Vec<BatchRow>, sqlx::Error> {
+        let list = batch::repeat("?", batch::rows_for(digests.len()), ", ");
+        let sql = Self::sql(
+            &store.table,
+            &concat!(
+                "SELECT key_digest, token, ",
+                read_columns!(),
+                " FROM {t} WHERE key_digest IN ({list})"
+            )
+            .replace("{list}", &list),
+        );
+        let mut query = sqlx::query(sql);
+        for digest in batch::padded(digests) {
+            query = query.bind(*digest);
+        }
+        let rows = query.fetch_all(conn).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(BatchRow {
+                    digest: row.try_get("key_digest")?,
+                    token: row.try_get("token")?,
+                    found: Self::found(row),
+                })
+            })
+            .collect()
+    }
+
+    /// One `UPDATE` joined with the batch's rows (MySQL has no `UPDATE … FROM` and no
+    /// `VALUES` table before 8.0.19; a `UNION ALL` of bound rows works on both).
+    /// `CLIENT_FOUND_ROWS`: the count is of rows matched.
+    async fn complete_batch(
+        store: &MySqlStore,
+        conn: &mut MySqlConnection,
+        items: &[Completion<'_>],
+    ) -> Result<u64, sqlx::Error> {
+        let rows = batch::rows_for(items.len());
+        let rows = batch::repeat("SELECT ?, ?, ?, ?, ?", rows - 1, " UNION ALL ");
+        let sql = Self::sql(
+            &store.table,
+            &format!(
+                "UPDATE {{t}} AS r JOIN ( \
+                   SELECT ? AS d, ? AS tk, ? AS o, ? AS b, ? AS ttl {union}{rows}) AS u \
+                   ON r.key_digest = u.d AND r.token = u.tk \
+                 SET r.state = 1, r.outcome = u.o, r.output = u.b, r.lease_until = NULL, \
+                   r.expires_at = UTC_TIMESTAMP(6) + INTERVAL u.ttl MICROSECOND \
+                 WHERE r.state = 0",
+                union = if rows.is_empty() { "" } else { "UNION ALL " },
+            ),
+        );
+        let mut query = sqlx::query(sql);
+        for item in batch::padded_completions(items) {
+            query = query
+                .bind(item.digest)
+                .bind(item.token)
+                .bind(item.outcome)
+                .bind(item.bytes)
+                .bind(micros(item.ttl));
+        }
+        Ok(query.execute(conn).await?.rows_affected())
     }
 
     async fn migrate(store: &MySqlStore) -> Result<(), Error> {

@@ -8,6 +8,7 @@ use sqlx::{Row, SqlStr, Transaction};
 use std::borrow::Cow;
 use std::time::Duration;
 
+use crate::batch::{BatchRow, Completion};
 use crate::claim::{CLAIM_ATTEMPTS, NewClaim, kept_changing};
 use crate::dialect::{Dialect, Placeholders, Templates};
 use crate::duration::micros;
@@ -49,10 +50,25 @@ pub type PgStore = SqlStore<PgDialect>;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PgDialect;
 
-/// Its claim's writes.
+/// Its claim's writes, and the statements of coalesced batches.
 pub struct Statements {
     insert: SqlStr,
     take_over: SqlStr,
+    insert_batch: SqlStr,
+    read_batch: SqlStr,
+    complete_batch: SqlStr,
+}
+
+/// What a claim reads of a record, for [`Dialect::found`]. `remaining` is NULL for
+/// `+infinity` (a corrupt record); `-infinity` counts as expired, as the takeover's and the
+/// purge's `expires_at <= now()` say.
+macro_rules! read_columns {
+    () => {
+        "state::int8 AS state, fingerprint, outcome::int8 AS outcome, output, \
+         CASE WHEN isfinite(expires_at) THEN expires_at - now() \
+              WHEN expires_at <= now() THEN interval '-1 microsecond' \
+         END AS remaining"
+    };
 }
 
 impl Dialect for PgDialect {
@@ -64,13 +80,11 @@ impl Dialect for PgDialect {
     const QUOTING: Quoting = Quoting::Postgres;
     const PLACEHOLDERS: Placeholders = Placeholders::Numbered;
     const TEMPLATES: Templates = Templates {
-        // `remaining` is NULL for `+infinity` (a corrupt record); `-infinity` counts as
-        // expired, as the takeover's and the purge's `expires_at <= now()` say.
-        read: "SELECT state::int8 AS state, fingerprint, outcome::int8 AS outcome, output, \
-                      CASE WHEN isfinite(expires_at) THEN expires_at - now() \
-                           WHEN expires_at <= now() THEN interval '-1 microsecond' \
-                      END AS remaining \
-               FROM {t} WHERE key_digest = $1",
+        read: concat!(
+            "SELECT ",
+            read_columns!(),
+            " FROM {t} WHERE key_digest = $1"
+        ),
         renew: "UPDATE {t} SET lease_until = now() + $3, expires_at = now() + $3 \
                 WHERE key_digest = $1 AND token = $2 AND state = 0",
         complete: "UPDATE {t} SET state = 1, outcome = $3, output = $4, lease_until = NULL, \
@@ -112,6 +126,29 @@ impl Dialect for PgDialect {
                    token = $5, outcome = NULL, output = NULL, lease_until = now() + $6, \
                    expires_at = now() + $6, created_at = now() \
                  WHERE key_digest = $1 AND expires_at <= now()",
+            ),
+            // Leases and TTLs as microseconds: one array type for every duration.
+            insert_batch: sql(
+                "INSERT INTO {t} (key_digest, namespace, key_preview, fingerprint, state, token, \
+                                  lease_until, expires_at) \
+                 SELECT d, n, p, f, 0, tk, now() + l * interval '1 microsecond', \
+                        now() + l * interval '1 microsecond' \
+                 FROM unnest($1::bytea[], $2::text[], $3::text[], $4::bytea[], $5::int8[], \
+                             $6::int8[]) AS u(d, n, p, f, tk, l) \
+                 ORDER BY d \
+                 ON CONFLICT (key_digest) DO NOTHING RETURNING key_digest",
+            ),
+            read_batch: sql(concat!(
+                "SELECT key_digest, token, ",
+                read_columns!(),
+                " FROM {t} WHERE key_digest = ANY($1)"
+            )),
+            complete_batch: sql(
+                "UPDATE {t} AS r SET state = 1, outcome = u.o, output = u.b, lease_until = NULL, \
+                   expires_at = now() + u.ttl * interval '1 microsecond' \
+                 FROM unnest($1::bytea[], $2::int8[], $3::int2[], $4::bytea[], $5::int8[]) \
+                   AS u(d, tk, o, b, ttl) \
+                 WHERE r.key_digest = u.d AND r.token = u.tk AND r.state = 0",
             ),
         }
     }
@@ -235,6 +272,68 @@ impl Dialect for PgDialect {
             .await
             .map_err(backend("claim"))?;
         Ok(claimed)
+    }
+
+    async fn insert_batch(
+        store: &PgStore,
+        conn: &mut PgConnection,
+        claims: &[NewClaim<'_>],
+    ) -> Result<Option<Vec<Vec<u8>>>, sqlx::Error> {
+        let keys = || claims.iter().map(|c| c.key);
+        let texts: (Vec<Cow<'_, str>>, Vec<Cow<'_, str>>) = keys()
+            .map(|k| (pg_text(k.namespace()), pg_text(k.preview())))
+            .unzip();
+        sqlx::query_scalar(store.sql.own.insert_batch.clone())
+            .bind(claims.iter().map(NewClaim::digest).collect::<Vec<_>>())
+            .bind(texts.0.iter().map(|t| &**t).collect::<Vec<&str>>())
+            .bind(texts.1.iter().map(|t| &**t).collect::<Vec<&str>>())
+            .bind(
+                claims
+                    .iter()
+                    .map(|c| &c.fingerprint.as_bytes()[..])
+                    .collect::<Vec<_>>(),
+            )
+            .bind(claims.iter().map(|c| c.token).collect::<Vec<_>>())
+            .bind(claims.iter().map(|c| micros(c.lease)).collect::<Vec<_>>())
+            .fetch_all(conn)
+            .await
+            .map(Some)
+    }
+
+    async fn read_batch(
+        store: &PgStore,
+        conn: &mut PgConnection,
+        digests: &[&[u8]],
+    ) -> Result<Vec<BatchRow>, sqlx::Error> {
+        let rows = sqlx::query(store.sql.own.read_batch.clone())
+            .bind(digests)
+            .fetch_all(conn)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(BatchRow {
+                    digest: row.try_get("key_digest")?,
+                    token: row.try_get("token")?,
+                    found: Self::found(row),
+                })
+            })
+            .collect()
+    }
+
+    async fn complete_batch(
+        store: &PgStore,
+        conn: &mut PgConnection,
+        items: &[Completion<'_>],
+    ) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query(store.sql.own.complete_batch.clone())
+            .bind(items.iter().map(|c| c.digest).collect::<Vec<_>>())
+            .bind(items.iter().map(|c| c.token).collect::<Vec<_>>())
+            .bind(items.iter().map(|c| c.outcome).collect::<Vec<_>>())
+            .bind(items.iter().map(|c| c.bytes).collect::<Vec<_>>())
+            .bind(items.iter().map(|c| micros(c.ttl)).collect::<Vec<_>>())
+            .execute(conn)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     async fn migrate(store: &PgStore) -> Result<(), Error> {

@@ -6,6 +6,7 @@ use sqlx::sqlite::{SqliteConnection, SqliteQueryResult, SqliteRow};
 use sqlx::{Row, SqlStr, Transaction};
 use std::time::Duration;
 
+use crate::batch::{self, BatchRow, Completion};
 use crate::claim::{CLAIM_ATTEMPTS, NewClaim, kept_changing};
 use crate::dialect::{Dialect, Placeholders, Templates};
 use crate::duration::micros;
@@ -115,6 +116,20 @@ pub type SqliteStore = SqlStore<SqliteDialect>;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SqliteDialect;
 
+/// What a claim reads of a record, for [`Dialect::found`]: expired (-1) by the same
+/// `expires_at <= now` as the claim's upsert and the purge, whatever its type; else the
+/// milliseconds left, which cannot overflow (a positive minus a positive), for an integer;
+/// else NULL: SQLite stores what it is given, and text, a blob or a far REAL is a corrupt
+/// record.
+macro_rules! read_columns {
+    () => {
+        "state, fingerprint, outcome, output, \
+         CASE WHEN expires_at <= {now} THEN -1 \
+              WHEN typeof(expires_at) = 'integer' THEN expires_at - {now} \
+         END AS remaining_ms"
+    };
+}
+
 /// Its claim's write.
 pub struct Statements {
     /// Inserts a fresh record, or takes over an expired one; a live one is left alone (0
@@ -131,15 +146,11 @@ impl Dialect for SqliteDialect {
     const QUOTING: Quoting = Quoting::Sqlite;
     const PLACEHOLDERS: Placeholders = Placeholders::Numbered;
     const TEMPLATES: Templates = Templates {
-        // Expired (-1) by the same `expires_at <= now` as the claim's upsert and the
-        // purge, whatever its type; else the milliseconds left, which cannot overflow (a
-        // positive minus a positive), for an integer; else NULL: SQLite stores what it is
-        // given, and text, a blob or a far REAL is a corrupt record.
-        read: "SELECT state, fingerprint, outcome, output, \
-                      CASE WHEN expires_at <= {now} THEN -1 \
-                           WHEN typeof(expires_at) = 'integer' THEN expires_at - {now} \
-                      END AS remaining_ms \
-               FROM {t} WHERE key_digest = ?1",
+        read: concat!(
+            "SELECT ",
+            read_columns!(),
+            " FROM {t} WHERE key_digest = ?1"
+        ),
         renew: "UPDATE {t} SET lease_until = {now} + ?3, expires_at = {now} + ?3 \
                 WHERE key_digest = ?1 AND token = ?2 AND state = 0",
         complete: "UPDATE {t} SET state = 1, outcome = ?3, output = ?4, lease_until = NULL, \
@@ -279,6 +290,100 @@ impl Dialect for SqliteDialect {
             }
             claimed => claimed,
         }
+    }
+
+    /// One multi-row `INSERT … ON CONFLICT DO NOTHING RETURNING key_digest` (its rows are
+    /// the batch's, padded: `batch::rows_for`).
+    async fn insert_batch(
+        store: &SqliteStore,
+        conn: &mut SqliteConnection,
+        claims: &[NewClaim<'_>],
+    ) -> Result<Option<Vec<Vec<u8>>>, sqlx::Error> {
+        let rows = batch::repeat(
+            "(?, ?, ?, ?, 0, ?, NULL, NULL, {now} + ?, {now} + ?, {now})",
+            batch::rows_for(claims.len()),
+            ", ",
+        );
+        let sql = Self::sql(
+            &store.table,
+            &format!(
+                "INSERT INTO {{t}} (key_digest, namespace, key_preview, fingerprint, state, \
+                   token, outcome, output, lease_until, expires_at, created_at) \
+                 VALUES {rows} ON CONFLICT (key_digest) DO NOTHING RETURNING key_digest"
+            ),
+        );
+        let mut query = sqlx::query_scalar(sql);
+        for claim in batch::padded(claims) {
+            let lease = millis(claim.lease);
+            query = query
+                .bind(claim.digest())
+                .bind(claim.key.namespace())
+                .bind(claim.key.preview())
+                .bind(&claim.fingerprint.as_bytes()[..])
+                .bind(claim.token)
+                .bind(lease)
+                .bind(lease);
+        }
+        query.fetch_all(conn).await.map(Some)
+    }
+
+    async fn read_batch(
+        store: &SqliteStore,
+        conn: &mut SqliteConnection,
+        digests: &[&[u8]],
+    ) -> Result<Vec<BatchRow>, sqlx::Error> {
+        let list = batch::repeat("?", batch::rows_for(digests.len()), ", ");
+        let sql = Self::sql(
+            &store.table,
+            &concat!(
+                "SELECT key_digest, token, ",
+                read_columns!(),
+                " FROM {t} WHERE key_digest IN ({list})"
+            )
+            .replace("{list}", &list),
+        );
+        let mut query = sqlx::query(sql);
+        for digest in batch::padded(digests) {
+            query = query.bind(*digest);
+        }
+        let rows = query.fetch_all(conn).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(BatchRow {
+                    digest: row.try_get("key_digest")?,
+                    token: row.try_get("token")?,
+                    found: Self::found(row),
+                })
+            })
+            .collect()
+    }
+
+    /// One `UPDATE … FROM` the batch's rows (a `VALUES` list).
+    async fn complete_batch(
+        store: &SqliteStore,
+        conn: &mut SqliteConnection,
+        items: &[Completion<'_>],
+    ) -> Result<u64, sqlx::Error> {
+        let rows = batch::repeat("(?, ?, ?, ?, ?)", batch::rows_for(items.len()), ", ");
+        let sql = Self::sql(
+            &store.table,
+            &format!(
+                "WITH u(d, tk, o, b, ttl) AS (VALUES {rows}) \
+                 UPDATE {{t}} SET state = 1, outcome = u.o, output = u.b, lease_until = NULL, \
+                   expires_at = {{now}} + u.ttl \
+                 FROM u WHERE {{t}}.key_digest = u.d AND {{t}}.token = u.tk AND {{t}}.state = 0"
+            ),
+        );
+        let mut query = sqlx::query(sql);
+        for item in batch::padded_completions(items) {
+            query = query
+                .bind(item.digest)
+                .bind(item.token)
+                .bind(item.outcome)
+                .bind(item.bytes)
+                .bind(millis(item.ttl));
+        }
+        Ok(query.execute(conn).await?.rows_affected())
     }
 
     async fn migrate(store: &SqliteStore) -> Result<(), Error> {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::cancel::{self, ClaimConnection};
 use crate::claim::{CLAIM_ATTEMPTS, NewClaim};
+use crate::coalesce::{self, Coalescer, MAX_BATCHED_OUTPUT};
 use crate::columns::outcome_code;
 use crate::dialect::{Conn, Dialect, Placeholders};
 use crate::error::backend;
@@ -40,6 +41,8 @@ pub struct SqlStore<D: Dialect> {
     pub(crate) sql: Arc<Statements<D>>,
     /// The dialect's state (MySQL: what it learned of the server), shared by clones.
     pub(crate) dialect: D,
+    /// The queues of coalesced claims and completes, if on ([`SqlStore::with_coalescing`]).
+    pub(crate) coalescer: Option<Arc<Coalescer>>,
 }
 
 impl<D: Dialect> Clone for SqlStore<D> {
@@ -50,6 +53,7 @@ impl<D: Dialect> Clone for SqlStore<D> {
             table: self.table.clone(),
             sql: self.sql.clone(),
             dialect: self.dialect.clone(),
+            coalescer: self.coalescer.clone(),
         }
     }
 }
@@ -64,6 +68,7 @@ impl<D: Dialect> SqlStore<D> {
             pool,
             table,
             dialect: D::default(),
+            coalescer: None,
         }
     }
 
@@ -76,6 +81,7 @@ impl<D: Dialect> SqlStore<D> {
             pool: self.pool,
             table,
             dialect: self.dialect,
+            coalescer: self.coalescer,
         })
     }
 
@@ -84,6 +90,31 @@ impl<D: Dialect> SqlStore<D> {
     pub fn with_claim_order(self, order: ClaimOrder) -> Self {
         SqlStore {
             order: Arc::new(Order::new(order)),
+            ..self
+        }
+    }
+
+    /// The same store with claims and completes coalesced (`true`) or not (`false`, the
+    /// default): while one claim statement is in flight, the claims other tasks make
+    /// meanwhile queue, and when it returns they go together, as a few multi-row
+    /// statements for the whole batch (one commit instead of one per call); the same for
+    /// completes. A call that finds nothing in flight runs its own statements at once, as
+    /// without coalescing. Each caller gets what its own call would have: the same
+    /// tokens, fencing, takeover of expired records, payload check and "a replay writes
+    /// nothing"; two claims of one key in a batch get one winner and one "in progress". A
+    /// caller cancelled while queued or in flight leaves no claim behind. `renew`,
+    /// `release`, outputs over 16 KiB and transactional mode (`tx =`) are not coalesced.
+    ///
+    /// Per database: PostgreSQL binds the batch as arrays (`INSERT … SELECT FROM
+    /// unnest(…) ON CONFLICT DO NOTHING RETURNING`, `SELECT … WHERE key_digest = ANY(…)`
+    /// for the keys it did not insert, `UPDATE … FROM unnest(…)`); SQLite and
+    /// MySQL/MariaDB as multi-row `VALUES` lists (`INSERT … ON CONFLICT DO NOTHING
+    /// RETURNING` / `INSERT IGNORE`, then `SELECT … IN (…)` — on MySQL of every key, read
+    /// back by token — and an `UPDATE` joined with the rows). BENCHMARKS.md
+    /// ("coalescing") has what it gains and costs.
+    pub fn with_coalescing(self, on: bool) -> Self {
+        SqlStore {
+            coalescer: on.then(Arc::default),
             ..self
         }
     }
@@ -295,6 +326,35 @@ where
     }
 }
 
+impl<D: Common> SqlStore<D> {
+    /// A claim by its own statements, on a connection of its own that guards it against
+    /// cancellation.
+    async fn claim_alone(&self, claim: NewClaim<'_>) -> Result<Claim, StoreError> {
+        let conn = self.pool.acquire().await.map_err(backend("claim"))?;
+        let token = Token::new(claim.token as u64);
+        let mut guard = ClaimConnection::new(self, claim.key, token, conn);
+        let Some(conn) = guard.conn() else {
+            return Err(StoreError::backend("claim", "no connection"));
+        };
+        let read_first = self.order.read_first();
+        let claimed = D::claim(self, conn, claim, read_first).await;
+        guard.disarm();
+        self.order.learn(claimed)
+    }
+
+    /// A `complete` by its own statement.
+    async fn complete_alone(
+        &self,
+        key: &Key,
+        token: Token,
+        output: Output,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(backend("complete"))?;
+        D::complete_on(self, &mut conn, key, token, output, ttl).await
+    }
+}
+
 impl<D: Common> cancel::ReleaseAfter for SqlStore<D> {
     type Conn = PoolConnection<D::Database>;
 
@@ -311,21 +371,18 @@ impl<D: Common> Store for SqlStore<D> {
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let conn = self.pool.acquire().await.map_err(backend("claim"))?;
         let claim = NewClaim {
             key,
             fingerprint,
             lease,
             token: token::fresh(),
         };
-        let mut guard = ClaimConnection::new(self, key, Token::new(claim.token as u64), conn);
-        let Some(conn) = guard.conn() else {
-            return Err(StoreError::backend("claim", "no connection"));
-        };
-        let read_first = self.order.read_first();
-        let claimed = D::claim(self, conn, claim, read_first).await;
-        guard.disarm();
-        self.order.learn(claimed)
+        match &self.coalescer {
+            Some(coalescer) => {
+                coalesce::claim(self, coalescer, claim, self.claim_alone(claim)).await
+            }
+            None => self.claim_alone(claim).await,
+        }
     }
 
     async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {
@@ -340,8 +397,13 @@ impl<D: Common> Store for SqlStore<D> {
         output: Output,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(backend("complete"))?;
-        D::complete_on(self, &mut conn, key, token, output, ttl).await
+        match &self.coalescer {
+            Some(coalescer) if output.bytes.len() <= MAX_BATCHED_OUTPUT => {
+                let alone = self.complete_alone(key, token, output.clone(), ttl);
+                coalesce::complete(self, coalescer, (key, token, &output, ttl), alone).await
+            }
+            _ => self.complete_alone(key, token, output, ttl).await,
+        }
     }
 
     async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {

@@ -692,3 +692,36 @@ async fn zero_dates_far_dates_and_padded_fingerprints() {
     })
     .await;
 }
+
+/// Coalesced claims and completes (`with_coalescing(true)`).
+mod coalescing {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_body_runs_once() {
+        with_store(|store| async move {
+            let store = Arc::unwrap_or_clone(store).with_coalescing(true);
+            support::coalesce::each_body_runs_once(Arc::new(store)).await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_send_fewer_statements() {
+        with_store(|store| async move {
+            let coalesced = Arc::new((*store).clone().with_coalescing(true));
+            let table = store.table().to_owned();
+            support::coalesce::batches_send_fewer_statements(store, coalesced, &table).await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelled_claims_leave_nothing_behind() {
+        with_store(|store| async move {
+            let store = Arc::unwrap_or_clone(store).with_coalescing(true);
+            support::coalesce::cancelled_claims_leave_nothing_behind(Arc::new(store)).await;
+        })
+        .await;
+    }
+}

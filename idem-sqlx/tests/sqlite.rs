@@ -621,3 +621,41 @@ async fn odd_expires_at_values() {
     })
     .await;
 }
+
+/// Coalesced claims and completes (`with_coalescing(true)`).
+mod coalescing {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_body_runs_once() {
+        with_store(|store, _| async move {
+            let store = Arc::unwrap_or_clone(store).with_coalescing(true);
+            support::coalesce::each_body_runs_once(Arc::new(store)).await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_send_fewer_statements() {
+        with_store(|store, _| async move {
+            // A table name no other test's statements contain (each file's default table
+            // is `idem_records`), as the count goes by the table's name.
+            let table = support::unique_table("idem_coalesce");
+            let store = Arc::unwrap_or_clone(store).with_table(&table).unwrap();
+            store.migrate().await.unwrap();
+            let coalesced = Arc::new(store.clone().with_coalescing(true));
+            let store = Arc::new(store);
+            support::coalesce::batches_send_fewer_statements(store, coalesced, &table).await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelled_claims_leave_nothing_behind() {
+        with_store(|store, _| async move {
+            let store = Arc::unwrap_or_clone(store).with_coalescing(true);
+            support::coalesce::cancelled_claims_leave_nothing_behind(Arc::new(store)).await;
+        })
+        .await;
+    }
+}

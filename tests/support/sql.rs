@@ -63,6 +63,12 @@ impl Backend {
 
     /// Connects, and opens the store on `table` (migrated) with the effects table beside it.
     pub async fn connect(&self, table: &str) -> Db {
+        self.open(table, false).await
+    }
+
+    /// [`connect`](Backend::connect), with the store's claims and completes coalesced if
+    /// `coalesce`.
+    pub async fn open(&self, table: &str, coalesce: bool) -> Db {
         let effects_table = format!("{table}_fx");
         match self {
             Backend::Sqlite(url) => {
@@ -73,7 +79,8 @@ impl Backend {
                     .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
                 let store = idem::sqlx::SqliteStore::new(pool.clone())
                     .with_table(table)
-                    .unwrap();
+                    .unwrap()
+                    .with_coalescing(coalesce);
                 store.migrate().await.unwrap();
                 Db::new(Arc::new(store), Effects::Sqlite(pool), effects_table).await
             }
@@ -85,7 +92,8 @@ impl Backend {
                     .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url}: {e}"));
                 let store = idem::sqlx::PgStore::new(pool.clone())
                     .with_table(table)
-                    .unwrap();
+                    .unwrap()
+                    .with_coalescing(coalesce);
                 store.migrate().await.unwrap();
                 Db::new(Arc::new(store), Effects::Postgres(pool), effects_table).await
             }
@@ -97,7 +105,8 @@ impl Backend {
                     .unwrap_or_else(|e| panic!("cannot reach MySQL/MariaDB at {url}: {e}"));
                 let store = idem::sqlx::MySqlStore::new(pool.clone())
                     .with_table(table)
-                    .unwrap();
+                    .unwrap()
+                    .with_coalescing(coalesce);
                 store.migrate().await.unwrap();
                 Db::new(Arc::new(store), Effects::MySql(pool), effects_table).await
             }

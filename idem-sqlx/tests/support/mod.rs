@@ -5,6 +5,8 @@
 //! `IDEM_REQUIRE_SERVERS=1` (as CI sets), where a missing URL fails the test.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod coalesce;
+
 use std::io::Write;
 use std::sync::Once;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,9 +47,9 @@ pub fn server_url(var: &str, suite: &str) -> Option<String> {
     }
 }
 
-/// A test module per conformance check, each running the check twice through the test
-/// file's `with_store`: as a new store runs it (its learned order starts by reading), and
-/// with every claim inserting first. The argument names `with_store`'s closure parameters,
+/// A test module per conformance check, each running the check three times through the
+/// test file's `with_store`: as a new store runs it (its learned order starts by reading),
+/// with every claim inserting first, and with claims and completes coalesced. The argument names `with_store`'s closure parameters,
 /// the store first: `conformance!(store)`, `conformance!(store, _db)`.
 macro_rules! conformance {
     (@each $params:tt $($check:ident),* $(,)?) => {
@@ -66,6 +68,15 @@ macro_rules! conformance {
             async fn insert_first() {
                 with_store(|$store $($rest)*| async move {
                     let $store = Arc::unwrap_or_clone($store).with_claim_order(ClaimOrder::InsertFirst);
+                    testing::$check(&Arc::new($store)).await
+                })
+                .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn coalesced() {
+                with_store(|$store $($rest)*| async move {
+                    let $store = Arc::unwrap_or_clone($store).with_coalescing(true);
                     testing::$check(&Arc::new($store)).await
                 })
                 .await;

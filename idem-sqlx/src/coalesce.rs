@@ -1,0 +1,443 @@
+//! Group commit for claims and completes ([`SqlStore::with_coalescing`]): while one
+//! statement of a kind is in flight, the calls that come meanwhile queue; when it returns,
+//! the queued ones go together as one batch (`batch.rs`), on a task of their own.
+//!
+//! A call that finds nothing in flight runs its own statements at once, on its own task,
+//! exactly as without coalescing: a lone call waits for nobody. It then passes the baton:
+//! whatever queued behind it goes as the next batch.
+
+use idem_core::store::{Busy, Claim, Output, Token};
+use idem_core::{Fingerprint, Key, StoreError};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+use crate::batch::{self, Completion, shared_error};
+use crate::cancel;
+use crate::claim::NewClaim;
+use crate::store::{Common, SqlStore};
+
+/// Statements of one kind in flight at once: one. (Four measured the same on PostgreSQL
+/// with 256 callers — BENCHMARKS.md — and one keeps the batches largest.)
+const IN_FLIGHT: usize = 1;
+
+/// The most calls one batch takes; more wait for the next.
+const MAX_BATCH: usize = 512;
+
+/// The largest output a coalesced `complete` takes; larger ones run their own statement,
+/// so that a batch stays well inside MySQL's `max_allowed_packet` (16 MiB on MariaDB).
+pub(crate) const MAX_BATCHED_OUTPUT: usize = 16 * 1024;
+
+/// A store's two queues, shared by its clones.
+#[derive(Default)]
+pub(crate) struct Coalescer {
+    claims: Queue<ClaimJob>,
+    completes: Queue<CompleteJob>,
+}
+
+/// The calls of one kind waiting for the statement in flight.
+struct Queue<J> {
+    state: Mutex<QueueState<J>>,
+}
+
+struct QueueState<J> {
+    /// Statements of this kind in flight (lone calls' or batches'), at most [`IN_FLIGHT`].
+    in_flight: usize,
+    waiting: Vec<J>,
+}
+
+impl<J> Default for Queue<J> {
+    fn default() -> Self {
+        Queue {
+            state: Mutex::new(QueueState {
+                in_flight: 0,
+                waiting: Vec::new(),
+            }),
+        }
+    }
+}
+
+impl<J> Queue<J> {
+    /// `true` if nothing is in flight: the caller runs its own statement now (and must
+    /// pass the baton). Else queues `job()` and returns `false`.
+    fn lead_or_queue(&self, job: impl FnOnce() -> J) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.in_flight >= IN_FLIGHT {
+            state.waiting.push(job());
+            false
+        } else {
+            state.in_flight += 1;
+            true
+        }
+    }
+
+    /// The next batch (up to [`MAX_BATCH`] calls, oldest first); empty when none waits,
+    /// and then nothing is in flight any more.
+    fn next_batch(&self) -> Vec<J> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.waiting.is_empty() {
+            state.in_flight -= 1;
+            return Vec::new();
+        }
+        if state.waiting.len() <= MAX_BATCH {
+            return std::mem::take(&mut state.waiting);
+        }
+        let rest = state.waiting.split_off(MAX_BATCH);
+        std::mem::replace(&mut state.waiting, rest)
+    }
+}
+
+/// One kind of coalesced call.
+trait Job: Sized + Send + 'static {
+    fn queue(coalescer: &Coalescer) -> &Queue<Self>;
+
+    /// Runs `jobs` as one batch and answers each.
+    fn run<D: Common>(store: &SqlStore<D>, jobs: Vec<Self>) -> impl Future<Output = ()> + Send;
+}
+
+/// Held by whoever runs the statement in flight; dropped — when it returns, and also when
+/// a lone caller is cancelled or a batch panics — it sends what queued meanwhile as the
+/// next batch, on a task, or marks the queue idle.
+struct Baton<'a, D: Common, J: Job> {
+    store: &'a SqlStore<D>,
+    coalescer: &'a Coalescer,
+    kind: std::marker::PhantomData<J>,
+}
+
+impl<'a, D: Common, J: Job> Baton<'a, D, J> {
+    fn new(store: &'a SqlStore<D>, coalescer: &'a Coalescer) -> Self {
+        Baton {
+            store,
+            coalescer,
+            kind: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<D: Common, J: Job> Drop for Baton<'_, D, J> {
+    fn drop(&mut self) {
+        loop {
+            let jobs = J::queue(self.coalescer).next_batch();
+            if jobs.is_empty() {
+                return;
+            }
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                // No runtime to run them on: dropping them answers their callers with an
+                // error; then the next ones, until none waits.
+                continue;
+            };
+            let store = self.store.clone();
+            runtime.spawn(async move {
+                let Some(coalescer) = store.coalescer.clone() else {
+                    return;
+                };
+                let _baton = Baton::<D, J>::new(&store, &coalescer);
+                J::run(&store, jobs).await;
+            });
+            return;
+        }
+    }
+}
+
+/// Runs `alone` (the call's own statements) if nothing is in flight, passing the baton
+/// afterwards; else queues `job` and returns `None`.
+async fn lead<D: Common, J: Job, T>(
+    store: &SqlStore<D>,
+    coalescer: &Coalescer,
+    job: impl FnOnce() -> J,
+    alone: impl Future<Output = T>,
+) -> Option<T> {
+    if !J::queue(coalescer).lead_or_queue(job) {
+        return None;
+    }
+    let _baton = Baton::<D, J>::new(store, coalescer);
+    Some(alone.await)
+}
+
+// ---------------------------------------------------------------------------------------
+// Claims
+
+struct ClaimJob {
+    key: Key,
+    fingerprint: Fingerprint,
+    lease: Duration,
+    token: i64,
+    reply: oneshot::Sender<Result<Claim, StoreError>>,
+}
+
+impl ClaimJob {
+    fn claim(&self) -> NewClaim<'_> {
+        NewClaim {
+            key: &self.key,
+            fingerprint: &self.fingerprint,
+            lease: self.lease,
+            token: self.token,
+        }
+    }
+}
+
+/// A claim, coalesced with the claims of other tasks while one is in flight. `alone` is
+/// the store's own claim (cancel-safe on its connection).
+pub(crate) async fn claim<D: Common>(
+    store: &SqlStore<D>,
+    coalescer: &Coalescer,
+    new: NewClaim<'_>,
+    alone: impl Future<Output = Result<Claim, StoreError>>,
+) -> Result<Claim, StoreError> {
+    // The channel and the copy of the key are made only for a call that queues.
+    let mut answer = None;
+    let job = || {
+        let (reply, receiver) = oneshot::channel();
+        answer = Some(receiver);
+        ClaimJob {
+            key: new.key.clone(),
+            fingerprint: *new.fingerprint,
+            lease: new.lease,
+            token: new.token,
+            reply,
+        }
+    };
+    if let Some(claimed) = lead::<D, ClaimJob, _>(store, coalescer, job, alone).await {
+        return claimed;
+    }
+    let mut answer = Answer {
+        answer,
+        store,
+        key: new.key,
+    };
+    answer.wait().await
+}
+
+/// A queued claim's answer, to come. Dropped before it came (the caller was cancelled),
+/// it makes sure no claim is left that nobody knows of: either the batch finds the caller
+/// gone when it answers, and releases the claim, or the claim was already sent, and this
+/// releases it.
+struct Answer<'a, D: Common> {
+    answer: Option<oneshot::Receiver<Result<Claim, StoreError>>>,
+    store: &'a SqlStore<D>,
+    key: &'a Key,
+}
+
+impl<D: Common> Answer<'_, D> {
+    async fn wait(&mut self) -> Result<Claim, StoreError> {
+        let Some(answer) = self.answer.as_mut() else {
+            return Err(StoreError::backend("claim", "answered already"));
+        };
+        let claimed = answer.await;
+        self.answer = None;
+        claimed.unwrap_or_else(|_| Err(StoreError::backend("claim", "the batch was dropped")))
+    }
+}
+
+impl<D: Common> Drop for Answer<'_, D> {
+    fn drop(&mut self) {
+        if let Some(mut answer) = self.answer.take() {
+            // From here on the batch cannot send; if it did before, the claim is here.
+            answer.close();
+            if let Ok(Ok(Claim::Claimed(token))) = answer.try_recv() {
+                cancel::release_in_background(self.store, self.key, token);
+            }
+        }
+    }
+}
+
+impl Job for ClaimJob {
+    fn queue(coalescer: &Coalescer) -> &Queue<Self> {
+        &coalescer.claims
+    }
+
+    async fn run<D: Common>(store: &SqlStore<D>, jobs: Vec<Self>) {
+        let mut conn = match store.pool.acquire().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(shared_error("claim", &e)));
+                }
+                return;
+            }
+        };
+        // The first claim of each key goes into the batch; later ones of the same key are
+        // answered as a call right after it would be: the record it found, or in progress.
+        let mut first: HashMap<&[u8], usize> = HashMap::new();
+        let mut primaries = Vec::new();
+        let mut followers = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            match first.get(job.claim().digest()) {
+                Some(&p) => followers.push((i, p)),
+                None => {
+                    first.insert(job.claim().digest(), primaries.len());
+                    primaries.push(i);
+                }
+            }
+        }
+        let claims: Vec<NewClaim<'_>> = primaries.iter().map(|&i| jobs[i].claim()).collect();
+        let read_first = store.order.read_first();
+        let mut answers: Vec<Option<Result<Claim, StoreError>>> = if claims.len() == 1 {
+            vec![None]
+        } else {
+            match batch::claims(store, &mut conn, &claims, read_first).await {
+                Ok(answers) => answers,
+                Err(e) => {
+                    // The insert may have landed before the error: nobody will own
+                    // those claims, so release them (fenced by their tokens).
+                    for claim in &claims {
+                        let token = Token::new(claim.token as u64);
+                        cancel::release_in_background(store, claim.key, token);
+                    }
+                    claims
+                        .iter()
+                        .map(|_| Some(Err(shared_error("claim", &e))))
+                        .collect()
+                }
+            }
+        };
+        // What the batch did not settle (a batch of one; a takeover; a record that changed
+        // between the statements) runs the claim's own statements, on this connection.
+        for (claim, answer) in claims.iter().zip(&mut answers) {
+            if answer.is_none() {
+                *answer = Some(D::claim(store, &mut conn, *claim, read_first).await);
+            }
+        }
+        let mut replies: Vec<Option<Result<Claim, StoreError>>> =
+            jobs.iter().map(|_| None).collect();
+        for &(i, p) in &followers {
+            if let Some(first) = &answers[p] {
+                replies[i] = Some(follow(first, &jobs[primaries[p]]));
+            }
+        }
+        for (&i, answer) in primaries.iter().zip(answers) {
+            replies[i] = answer;
+        }
+        for (job, reply) in jobs.into_iter().zip(replies) {
+            let Some(reply) = reply else { continue };
+            let reply = store.order.learn(reply);
+            // The caller is gone (cancelled): release the claim it will never know of —
+            // on a task, so that the next batch does not wait for these commits.
+            if let Err(Ok(Claim::Claimed(token))) = job.reply.send(reply) {
+                cancel::release_in_background(store, &job.key, token);
+            }
+        }
+    }
+}
+
+/// What a later claim of the same key in one batch gets: what a claim right after the
+/// first one would have found.
+fn follow(first: &Result<Claim, StoreError>, job: &ClaimJob) -> Result<Claim, StoreError> {
+    match first {
+        Ok(Claim::Claimed(_)) => Ok(Claim::InProgress(Busy {
+            fingerprint: job.fingerprint,
+            lease_remaining: Some(job.lease),
+            waiter: None,
+        })),
+        Ok(Claim::Completed(record)) => Ok(Claim::Completed(record.clone())),
+        Ok(Claim::InProgress(busy)) => Ok(Claim::InProgress(Busy {
+            fingerprint: busy.fingerprint,
+            lease_remaining: busy.lease_remaining,
+            waiter: None,
+        })),
+        Err(e) => Err(StoreError::backend("claim", e.to_string())),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Completes
+
+struct CompleteJob {
+    key: Key,
+    token: Token,
+    output: Output,
+    ttl: Duration,
+    reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// A `complete`, coalesced with those of other tasks while one is in flight. `alone` is
+/// the store's own. (A caller cancelled while its `complete` is queued leaves it to the
+/// batch, as a statement already sent would be: its claim was released on drop or is, so
+/// one of the two finds the other's work done, as without coalescing.)
+pub(crate) async fn complete<D: Common>(
+    store: &SqlStore<D>,
+    coalescer: &Coalescer,
+    (key, token, output, ttl): (&Key, Token, &Output, Duration),
+    alone: impl Future<Output = Result<(), StoreError>>,
+) -> Result<(), StoreError> {
+    let mut answer = None;
+    let job = || {
+        let (reply, receiver) = oneshot::channel();
+        answer = Some(receiver);
+        CompleteJob {
+            key: key.clone(),
+            token,
+            output: output.clone(),
+            ttl,
+            reply,
+        }
+    };
+    if let Some(done) = lead::<D, CompleteJob, _>(store, coalescer, job, alone).await {
+        return done;
+    }
+    match answer {
+        Some(answer) => answer
+            .await
+            .unwrap_or_else(|_| Err(StoreError::backend("complete", "the batch was dropped"))),
+        None => Err(StoreError::backend("complete", "neither run nor queued")),
+    }
+}
+
+impl Job for CompleteJob {
+    fn queue(coalescer: &Coalescer) -> &Queue<Self> {
+        &coalescer.completes
+    }
+
+    async fn run<D: Common>(store: &SqlStore<D>, jobs: Vec<Self>) {
+        let mut conn = match store.pool.acquire().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(shared_error("complete", &e)));
+                }
+                return;
+            }
+        };
+        // One completion per key in the batch; a second of the same key (a retry racing
+        // its first try) runs on its own after it, as it would have without coalescing.
+        let mut seen = std::collections::HashSet::new();
+        let (batched, later): (Vec<Self>, Vec<Self>) = jobs
+            .into_iter()
+            .partition(|job| seen.insert(*job.key.digest()));
+        let items: Vec<Completion<'_>> = batched
+            .iter()
+            .map(|job| Completion::new(&job.key, job.token, &job.output, job.ttl))
+            .collect();
+        let done = match items.len() {
+            1 => vec![
+                D::complete_on(
+                    store,
+                    &mut conn,
+                    &batched[0].key,
+                    batched[0].token,
+                    batched[0].output.clone(),
+                    batched[0].ttl,
+                )
+                .await,
+            ],
+            _ => match batch::completes(store, &mut conn, &items).await {
+                Ok(done) => done,
+                Err(e) => items
+                    .iter()
+                    .map(|_| Err(shared_error("complete", &e)))
+                    .collect(),
+            },
+        };
+        drop(items);
+        for (job, done) in batched.into_iter().zip(done) {
+            let _ = job.reply.send(done);
+        }
+        for job in later {
+            let done =
+                D::complete_on(store, &mut conn, &job.key, job.token, job.output, job.ttl).await;
+            let _ = job.reply.send(done);
+        }
+    }
+}
