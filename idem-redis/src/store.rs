@@ -295,6 +295,11 @@ impl Store for RedisStore {
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         Ok(0)
     }
+
+    /// Yes: every record has a server-side expiry, and Redis deletes it then.
+    fn expires_records_itself(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
