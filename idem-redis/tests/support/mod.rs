@@ -6,6 +6,7 @@
 
 #![allow(dead_code)] // each test file uses part of it
 
+pub(crate) mod cluster;
 pub(crate) mod race;
 
 use idem::redis::RedisStore;
