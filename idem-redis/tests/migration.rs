@@ -100,7 +100,9 @@ async fn a_live_records_slot_migrates_without_double_claims() {
                             assert_eq!(&record.output.bytes[..], b"moved");
                             &seen.replayed
                         }
-                        Err(StoreError::Backend { .. } | StoreError::Timeout { .. }) => {
+                        Err(e @ (StoreError::Backend { .. } | StoreError::Timeout { .. })) => {
+                            let mut first = seen.first_error.lock().unwrap();
+                            first.get_or_insert_with(|| e.to_string());
                             &seen.errors
                         }
                         Err(e) => panic!("unexpected error: {e}"),
@@ -142,7 +144,12 @@ async fn a_live_records_slot_migrates_without_double_claims() {
         .await
         .expect("renew during the move");
     pause().await;
-    for &port in &cluster.ports {
+    // The importing node first, then the one it leaves, then the rest (as Redis' own
+    // resharding does): the other way round, each sends the client to the other (`MOVED`)
+    // until the client's retries run out.
+    let mut order = vec![to, from];
+    order.extend(cluster.ports.iter().filter(|&&p| p != to && p != from));
+    for port in order {
         ok(port, &["cluster", "setslot", &slot_text, "node", &to_id]);
     }
     pause().await;
