@@ -10,17 +10,6 @@ use idem::store::{Outcome, Output, Token};
 use idem::{Fingerprint, Key, Store, StoreError};
 use std::time::Duration;
 
-/// The Redis key of `key`'s record under `prefix`, as the store names it.
-fn record_key(prefix: &str, key: &Key) -> String {
-    let hex: String = key
-        .digest()
-        .as_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("{prefix}{hex}")
-}
-
 /// Every operation on `key` fails cleanly, and leaves the value as it found it.
 async fn refused_everywhere(store: &idem::redis::RedisStore, key: &Key, what: &str) {
     let long = Duration::from_secs(600);
@@ -62,7 +51,7 @@ async fn earlier_layouts_and_foreign_values_are_clean_errors() {
     // A completed record as the hash layout wrote it: state, token, fingerprint, outcome,
     // output.
     let old = Key::new("layout", "hash").unwrap();
-    let old_at = record_key(store.prefix(), &old);
+    let old_at = support::record_key(store.prefix(), &old);
     let fields: [(&str, &[u8]); 5] = [
         ("s", b"d"),
         ("t", b"12345"),
@@ -96,7 +85,7 @@ async fn earlier_layouts_and_foreign_values_are_clean_errors() {
 
     // Someone else's text under the prefix, long enough to hold a header.
     let foreign = Key::new("layout", "text").unwrap();
-    let foreign_at = record_key(store.prefix(), &foreign);
+    let foreign_at = support::record_key(store.prefix(), &foreign);
     let text = "not a record, but long enough to look like one's header".repeat(2);
     let _: () = redis::cmd("SET")
         .arg(&foreign_at)

@@ -1,13 +1,19 @@
-//! A real Redis Cluster of three primaries, started by a test on loopback ports
-//! (`redis-server --cluster-enabled yes`, then `redis-cli --cluster create`), never the
-//! shared server; stopped and its files removed when dropped.
+//! A real Redis Cluster of three primaries (and, if asked, replicas), started by a test on
+//! loopback ports (`redis-server --cluster-enabled yes`, then `redis-cli --cluster
+//! create`), never the shared server; stopped and its files removed when dropped. And
+//! claimers that hammer one key of it while a test reshapes the cluster under them.
 
+use idem::redis::RedisStore;
+use idem::store::Claim;
+use idem::{Fingerprint, Key, Store, StoreError};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Three primaries and their files, stopped and removed when dropped.
+/// Three primaries (and their replicas) and their files, stopped and removed when dropped.
 pub(crate) struct Cluster {
     nodes: Vec<Child>,
     pub(crate) ports: Vec<u16>,
@@ -24,10 +30,13 @@ impl Drop for Cluster {
     }
 }
 
-/// A port whose cluster bus port (port + 10000) is free too.
+/// A port whose cluster bus port (port + 10000) is free too. Each call starts the search
+/// further on, so that two clusters started at once by one test process (tests run in
+/// parallel) do not both pick a port that is free until the first server binds it.
 fn free_cluster_port(taken: &[u16]) -> u16 {
+    static CALLS: AtomicU32 = AtomicU32::new(0);
     let bindable = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-    let seed = u32::from(std::process::id() as u16);
+    let seed = u32::from(std::process::id() as u16) + 101 * CALLS.fetch_add(1, Ordering::SeqCst);
     for i in 0..2000u32 {
         let port = 20000 + ((seed * 7 + i * 13) % 10000) as u16;
         if !taken.contains(&port) && bindable(port) && bindable(port + 10000) {
@@ -38,7 +47,13 @@ fn free_cluster_port(taken: &[u16]) -> u16 {
 }
 
 impl Cluster {
+    /// Three primaries, no replicas.
     pub(crate) fn start() -> Cluster {
+        Cluster::start_with_replicas(0)
+    }
+
+    /// Three primaries with `replicas` replicas each.
+    pub(crate) fn start_with_replicas(replicas: usize) -> Cluster {
         let dir = std::env::temp_dir().join(super::unique_prefix("cluster").replace(':', "_"));
         std::fs::create_dir_all(&dir).expect("cluster dir");
         let mut cluster = Cluster {
@@ -46,7 +61,7 @@ impl Cluster {
             ports: Vec::new(),
             dir,
         };
-        for _ in 0..3 {
+        for _ in 0..3 * (1 + replicas) {
             let port = free_cluster_port(&cluster.ports);
             let child = Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -73,7 +88,7 @@ impl Cluster {
             create.arg(format!("127.0.0.1:{port}"));
         }
         let out = create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli --cluster create");
         assert!(
@@ -95,6 +110,61 @@ impl Cluster {
             .map(|p| format!("redis://127.0.0.1:{p}"))
             .collect()
     }
+
+    /// The `CLUSTER NODES` lines, as one node sees them, split into fields.
+    fn nodes(&self) -> Vec<Vec<String>> {
+        let nodes = cli(self.ports[0], &["cluster", "nodes"]).expect("cluster nodes");
+        nodes
+            .lines()
+            .map(|line| line.split_whitespace().map(str::to_owned).collect())
+            .collect()
+    }
+
+    /// The node id and port of the primary that owns `slot`.
+    pub(crate) fn owner(&self, slot: u16) -> (String, u16) {
+        for fields in self.nodes() {
+            let owns = fields.iter().skip(8).any(|range| {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                matches!((lo.parse::<u16>(), hi.parse::<u16>()),
+                    (Ok(lo), Ok(hi)) if (lo..=hi).contains(&slot))
+            });
+            if owns {
+                return (fields[0].clone(), node_port(&fields[1]));
+            }
+        }
+        panic!("no primary owns slot {slot}");
+    }
+
+    /// The port of a replica of the primary `primary_id`, once the cluster knows one (after
+    /// `--cluster create`, replicas attach over the next moments).
+    pub(crate) fn replica_of(&self, primary_id: &str) -> u16 {
+        let mut found = None;
+        wait_until("the primary has a replica", || {
+            found = self
+                .nodes()
+                .iter()
+                .find(|fields| fields.get(3).map(String::as_str) == Some(primary_id))
+                .map(|fields| node_port(&fields[1]));
+            found.is_some()
+        });
+        found.expect("waited for it")
+    }
+
+    /// The slot of the Redis key `key`.
+    pub(crate) fn slot(&self, key: &str) -> u16 {
+        cli(self.ports[0], &["cluster", "keyslot", key])
+            .and_then(|s| s.trim().parse().ok())
+            .expect("the key's slot")
+    }
+}
+
+/// The port of a `CLUSTER NODES` address, `ip:port@bus`.
+fn node_port(addr: &str) -> u16 {
+    addr.split('@')
+        .next()
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("a node port")
 }
 
 pub(crate) fn cli(port: u16, args: &[&str]) -> Option<String> {
@@ -130,4 +200,81 @@ pub(crate) fn have_binaries() -> bool {
         );
     }
     found
+}
+
+/// What [`Claimers`] saw.
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    /// Claims that won the key: a second execution while its owner lives.
+    pub(crate) claimed: usize,
+    pub(crate) in_progress: usize,
+    pub(crate) replayed: usize,
+    /// `StoreError::Backend` or `Timeout`: clean errors.
+    pub(crate) errors: usize,
+    pub(crate) first_error: Option<String>,
+}
+
+/// 16 tasks claiming one key over and over (2 ms apart) until stopped; any other outcome
+/// than those [`Seen`] counts (a wrong fingerprint, a wrong output, another error) panics.
+pub(crate) struct Claimers {
+    seen: Arc<Mutex<Seen>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Claimers {
+    /// Starts claiming `key` (fingerprint `fp`) in `store`, whose completed record must hold
+    /// `output`.
+    pub(crate) fn start(
+        store: &Arc<RedisStore>,
+        key: &Key,
+        fp: Fingerprint,
+        output: &'static [u8],
+    ) -> Claimers {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..16)
+            .map(|_| {
+                let (store, key, seen, stop) =
+                    (store.clone(), key.clone(), seen.clone(), stop.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::SeqCst) {
+                        let reply = store.claim(&key, &fp, Duration::from_secs(20)).await;
+                        {
+                            let mut seen = seen.lock().unwrap();
+                            match reply {
+                                Ok(Claim::Claimed(_)) => seen.claimed += 1,
+                                Ok(Claim::InProgress(busy)) => {
+                                    assert_eq!(busy.fingerprint, fp);
+                                    seen.in_progress += 1;
+                                }
+                                Ok(Claim::Completed(record)) => {
+                                    assert_eq!(&record.output.bytes[..], output);
+                                    seen.replayed += 1;
+                                }
+                                Err(
+                                    e @ (StoreError::Backend { .. } | StoreError::Timeout { .. }),
+                                ) => {
+                                    seen.first_error.get_or_insert_with(|| e.to_string());
+                                    seen.errors += 1;
+                                }
+                                Err(e) => panic!("unexpected error: {e}"),
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                })
+            })
+            .collect();
+        Claimers { seen, stop, tasks }
+    }
+
+    /// Stops the claimers and says what they saw.
+    pub(crate) async fn finish(self) -> Seen {
+        self.stop.store(true, Ordering::SeqCst);
+        for task in self.tasks {
+            task.await.expect("a claimer panicked");
+        }
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
 }

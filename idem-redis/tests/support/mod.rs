@@ -36,6 +36,18 @@ pub(crate) fn unique_prefix(what: &str) -> String {
     format!("idem-test:{what}:{}-{nanos}-{n}:", std::process::id())
 }
 
+/// The Redis key of `key`'s record under `prefix`, as the store names it: the prefix, then
+/// the key digest in lowercase hex.
+pub(crate) fn record_key(prefix: &str, key: &idem::Key) -> String {
+    let hex: String = key
+        .digest()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{prefix}{hex}")
+}
+
 /// A store on the test server under a fresh prefix, or `None` (skipped, with a note) when
 /// the server cannot be reached and servers are not required.
 pub(crate) async fn store(what: &str) -> Option<RedisStore> {
