@@ -7,10 +7,10 @@
 //! - `redis/fresh`: a new key per call. The baseline is `SET key val NX PX <lease>` (an
 //!   in-progress value: state byte, fingerprint, token), the body, and
 //!   `SET key val XX PX <ttl>` (state byte, fingerprint, bincode output): two round trips,
-//!   as idem's claim and complete scripts are.
+//!   as idem's claim (`SET … NX PX … GET`) and complete (a script) are.
 //! - `redis/replay`: the recorded key. The baseline is one `GET`, the state and fingerprint
-//!   check and the decode; idem's is its claim script, which finds the completed record and
-//!   writes nothing.
+//!   check and the decode; idem's is its claim, `SET … NX PX … GET`, which finds the
+//!   completed record, returns it and writes nothing.
 //! - `redis/fresh_16_tasks`: 16 tasks on the 2-worker runtime, fresh distinct keys
 //!   (throughput).
 //!
@@ -18,7 +18,8 @@
 //! print (to stderr) the same comparisons interleaved round by round, which is what
 //! resolves a 10% difference on a machine whose other users come and go, with this
 //! process's CPU time per call; and the server's own time per command (`INFO
-//! commandstats`: `EVALSHA` for idem, `SET`/`GET` for the baseline) over the run.
+//! commandstats`: `EVALSHA` idem's complete, `SET` both sides' claims and the baseline's
+//! complete, `GET` the baseline's replay) over the run.
 //!
 //! Both sides compute a SHA-256 key digest and a 256-bit fingerprint of the request, and
 //! share one multiplexed `redis::aio::ConnectionManager` (the store by

@@ -80,6 +80,13 @@ pub trait Store: Send + Sync {
     /// Deletes expired records; returns how many.
     async fn purge_expired(&self) -> Result<u64, StoreError>;
 
+    /// Whether the backend deletes expired records by itself (Redis' key expiry), so that
+    /// [`purge_expired`](Self::purge_expired) has nothing to do and returns 0. The
+    /// conformance suite holds such a store to that instead of to counting what it purged.
+    fn expires_records_itself(&self) -> bool {
+        false
+    }
+
     /// The largest [`Output::bytes`] this store can record. The executor refuses a larger
     /// output before `complete` (an `Error::Codec`, and the claim is released) rather than
     /// hold a claim it could never complete. Stores with a server-side limit learn it from
@@ -262,6 +269,10 @@ macro_rules! forward_store {
 
             fn max_output_len(&self) -> usize {
                 (**self).max_output_len()
+            }
+
+            fn expires_records_itself(&self) -> bool {
+                (**self).expires_records_itself()
             }
 
             fn purge_expired<'life0, 'async_trait>(&'life0 self) -> Boxed<'async_trait, u64>

@@ -11,17 +11,19 @@
 //! On a Redis Cluster, [`RedisStore::connect_cluster`] takes the addresses of some of its
 //! nodes; records spread over the slots by their digest.
 //!
-//! Each record is one Redis hash, `{prefix}{hex key digest}`, whose expiry is the lease while
-//! the call runs and the TTL once it completed: the server's clock decides, and Redis itself
-//! removes what expired (so [`purge_expired`](idem_core::Store::purge_expired) has nothing
-//! to do and returns 0). Every operation is one atomic round trip (a Lua script run by
-//! `EVALSHA`), fenced by the claim's token, and touches that one key only.
+//! Each record is one packed binary string, `{prefix}{hex key digest}`, whose expiry is the
+//! lease while the call runs and the TTL once it completed: the server's clock decides, and
+//! Redis itself removes what expired (so [`purge_expired`](idem_core::Store::purge_expired)
+//! has nothing to do and returns 0). Every operation is one atomic round trip touching that
+//! one key: the claim is the plain command `SET key value NX PX lease GET` (Redis ≥ 7.0),
+//! and the fenced operations (complete, renew, release) are Lua scripts run by `EVALSHA`
+//! that compare the claim's token inside the value.
 
 mod cancel;
 mod conn;
 mod error;
 mod prefix;
-mod reply;
+mod record;
 mod scripts;
 mod store;
 

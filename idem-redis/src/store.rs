@@ -13,8 +13,8 @@ use crate::cancel::{ClaimGuard, release_in_background};
 use crate::conn::Conn;
 use crate::error::backend;
 use crate::prefix::{self, DEFAULT_PREFIX};
-use crate::reply;
-use crate::scripts::SCRIPTS;
+use crate::record;
+use crate::scripts::{SCRIPTS, fenced};
 
 /// How long [`RedisStore::connect`] waits for a reply: above the client's 500 ms default,
 /// because the largest output idem records (64 MiB) takes longer than that to send.
@@ -39,12 +39,16 @@ const MAX_EXPIRY_MS: u64 = 1 << 45;
 /// Idempotency records in Redis (or Valkey): exactly-once across every process that shares
 /// the server.
 ///
-/// Each record is one hash at `{prefix}{hex key digest}`; its expiry is the lease while the
-/// call runs and the TTL once completed, on the server's clock, so Redis removes expired
-/// records itself. Every operation is one atomic round trip (a Lua script by `EVALSHA`,
-/// reloaded after `NOSCRIPT`), fenced by the claim's token; a replay reads without writing.
-/// Each script touches only the record's key, so every operation stays in one slot of a
-/// Redis Cluster.
+/// Each record is one packed string at `{prefix}{hex key digest}`; its expiry is the lease
+/// while the call runs and the TTL once completed, on the server's clock, so Redis removes
+/// expired records itself. Every operation is one atomic round trip on that one key, so it
+/// stays in one slot of a Redis Cluster: the claim is one plain `SET … NX PX … GET` (it
+/// creates the record, or returns the live one without writing: a replay writes nothing),
+/// and `complete`, `renew` and `release` are Lua scripts (by `EVALSHA`, reloaded after
+/// `NOSCRIPT`) fenced by the claim's token. Needs Redis 7.0 or later (or Valkey).
+///
+/// A claim that finds a call in progress reports that call's whole lease as
+/// `lease_remaining`, an upper bound of what remains of it.
 ///
 /// Cloning is cheap and shares the connection (a multiplexed [`ConnectionManager`], or a
 /// [`ClusterConnection`] on a cluster; both reconnect by themselves after a server went
@@ -208,26 +212,31 @@ impl Store for RedisStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let token = new_token()?;
+        let lease_ms = expiry_ms(lease);
         let mut conn = self.conn.clone();
         let guard = ClaimGuard::new(self, key, token);
-        let reply = SCRIPTS
-            .claim
-            .key(self.record_key(key))
-            .arg(token.get())
-            .arg(&fingerprint.as_bytes()[..])
-            .arg(expiry_ms(lease))
-            .invoke_async(&mut conn)
+        // One plain command, no script: creates the record if the key is absent (reply
+        // nil), else returns the live record and leaves it as it is (a replay writes
+        // nothing). Redis allows NX with GET since 7.0.
+        let reply: Result<Option<Vec<u8>>, _> = redis::cmd("SET")
+            .arg(self.record_key(key))
+            .arg(record::in_progress(token, fingerprint, lease_ms))
+            .arg("NX")
+            .arg("PX")
+            .arg(lease_ms)
+            .arg("GET")
+            .query_async(&mut conn)
             .await;
         // The reply, or an error, arrived: nothing is in flight any more. On an error the
         // claim may still have been applied (a timeout after Redis ran it): release it.
         match reply {
-            Ok(reply) => {
+            Ok(previous) => {
                 guard.disarm();
-                reply::claim(reply, token)
+                record::claim(previous, token)
             }
             Err(e) => {
                 drop(guard);
-                Err(backend("claim")(e))
+                Err(record::claim_error(e))
             }
         }
     }
@@ -236,12 +245,13 @@ impl Store for RedisStore {
         let reply = SCRIPTS
             .renew
             .key(self.record_key(key))
-            .arg(token.get())
+            .arg(&record::token_bytes(token)[..])
+            .arg(&expiry_ms(lease).to_le_bytes()[..])
             .arg(expiry_ms(lease))
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(backend("renew"))?;
-        reply::fenced("renew", reply)
+        fenced("renew", reply)
     }
 
     async fn complete(
@@ -254,25 +264,25 @@ impl Store for RedisStore {
         let reply = SCRIPTS
             .complete
             .key(self.record_key(key))
-            .arg(token.get())
-            .arg(reply::outcome_tag(output.outcome))
+            .arg(&record::token_bytes(token)[..])
+            .arg(&[record::done_kind(output.outcome)][..])
             .arg(&output.bytes[..])
             .arg(expiry_ms(ttl))
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(backend("complete"))?;
-        reply::fenced("complete", reply)
+        fenced("complete", reply)
     }
 
     async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError> {
         let reply = SCRIPTS
             .release
             .key(self.record_key(key))
-            .arg(token.get())
+            .arg(&record::token_bytes(token)[..])
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(backend("release"))?;
-        reply::fenced("release", reply)
+        fenced("release", reply)
     }
 
     fn release_on_drop(&self, key: &Key, token: Token) {
@@ -284,6 +294,11 @@ impl Store for RedisStore {
     /// bounded without it. (`idem::purge_periodically` on this store is harmless and idle.)
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         Ok(0)
+    }
+
+    /// Yes: every record has a server-side expiry, and Redis deletes it then.
+    fn expires_records_itself(&self) -> bool {
+        true
     }
 }
 

@@ -29,6 +29,8 @@ enum Bug {
     TtlIgnored,
     PurgeCountsNothing,
     PurgeDeletesLive,
+    /// Says its records expire by themselves, yet `purge_expired` counts them.
+    SelfExpiringPurgeCounts,
     RacyClaim,
     IgnoresNamespace,
     LeaseRemainingTooLong,
@@ -385,6 +387,10 @@ impl Store for Reference {
         self.release_on(&mut self.slots(), index, token)
     }
 
+    fn expires_records_itself(&self) -> bool {
+        self.bug == Bug::SelfExpiringPurgeCounts
+    }
+
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         let now = Instant::now();
         let mut slots = self.slots();
@@ -554,6 +560,7 @@ mutants! {
     catches_ignored_ttl: TtlIgnored fails ttl_expiry_frees_the_key;
     catches_purge_counting_nothing: PurgeCountsNothing fails purge_expired_deletes_only_expired;
     catches_purge_deleting_live_records: PurgeDeletesLive fails purge_expired_deletes_only_expired;
+    catches_self_expiring_purge_counting: SelfExpiringPurgeCounts fails purge_expired_deletes_only_expired;
     catches_racy_claims: RacyClaim fails concurrent_claims_have_one_winner;
     catches_ignored_namespace: IgnoresNamespace fails keys_and_namespaces_are_independent;
     catches_overlong_lease_remaining: LeaseRemainingTooLong fails lease_remaining_is_bounded;

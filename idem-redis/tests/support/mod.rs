@@ -6,6 +6,7 @@
 
 #![allow(dead_code)] // each test file uses part of it
 
+pub(crate) mod cluster;
 pub(crate) mod race;
 
 use idem::redis::RedisStore;
@@ -33,6 +34,18 @@ pub(crate) fn unique_prefix(what: &str) -> String {
         .map_or(0, |d| d.as_nanos());
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     format!("idem-test:{what}:{}-{nanos}-{n}:", std::process::id())
+}
+
+/// The Redis key of `key`'s record under `prefix`, as the store names it: the prefix, then
+/// the key digest in lowercase hex.
+pub(crate) fn record_key(prefix: &str, key: &idem::Key) -> String {
+    let hex: String = key
+        .digest()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{prefix}{hex}")
 }
 
 /// A store on the test server under a fresh prefix, or `None` (skipped, with a note) when
