@@ -84,6 +84,10 @@ impl Store for DefaultStore {
         self.get()?.purge_expired().await
     }
 
+    fn expires_records_itself(&self) -> bool {
+        self.get().is_ok_and(|store| store.expires_records_itself())
+    }
+
     fn max_output_len(&self) -> usize {
         self.get().map_or(crate::codec::MAX_ENCODED_LEN, |store| {
             store.max_output_len()

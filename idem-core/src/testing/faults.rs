@@ -280,6 +280,10 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.purge_expired().await
     }
 
+    fn expires_records_itself(&self) -> bool {
+        self.inner.expires_records_itself()
+    }
+
     fn max_output_len(&self) -> usize {
         self.inner.max_output_len()
     }
