@@ -20,9 +20,8 @@ mod handler;
 #[path = "consumer/nats.rs"]
 mod nats;
 
-use handler::{Handler, Settings, demo_events};
+use handler::{Handler, Settings, demo_events, reporting};
 use std::sync::Arc;
-use std::time::Duration;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -49,18 +48,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("published {publish} events, each twice, to {name}");
     }
 
-    let stats = handler.clone();
-    let report = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            println!("{}", stats.stats.line());
-        }
-    });
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    nats::consume(&url, &name, handler.clone(), &settings, ctrl_c).await?;
-    report.abort();
-    println!("stopped: {}", handler.stats.line());
+    reporting(
+        &handler,
+        nats::consume(&url, &name, handler.clone(), &settings, handler::ctrl_c()),
+    )
+    .await?;
     Ok(())
 }

@@ -19,9 +19,8 @@ mod handler;
 #[path = "consumer/rabbitmq.rs"]
 mod rabbitmq;
 
-use handler::{Handler, Settings, demo_events};
+use handler::{Handler, Settings, demo_events, reporting};
 use std::sync::Arc;
-use std::time::Duration;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -44,18 +43,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     connection.close(200, "published".into()).await?;
 
-    let stats = handler.clone();
-    let report = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            println!("{}", stats.stats.line());
-        }
-    });
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    rabbitmq::consume(&url, &queue, handler.clone(), &settings, ctrl_c).await?;
-    report.abort();
-    println!("stopped: {}", handler.stats.line());
+    reporting(
+        &handler,
+        rabbitmq::consume(&url, &queue, handler.clone(), &settings, handler::ctrl_c()),
+    )
+    .await?;
     Ok(())
 }

@@ -19,7 +19,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use idem::http::IdempotencyLayer;
 use std::io::{BufRead, BufReader, Lines, Write};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout};
 use std::sync::Arc;
 use std::time::Duration;
 use support::sql::{Backend, Db, unique};
@@ -88,19 +88,11 @@ struct ServerProcess {
 
 impl ServerProcess {
     fn start(backend: &Backend, table: &str, mode: &str) -> ServerProcess {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "server",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+        let mut child = support::worker_command("server")
             .env("IDEM_HTTP_MODE", mode)
             .env("IDEM_HTTP_BACKEND", backend.name())
             .env("IDEM_HTTP_URL", backend.url())
             .env("IDEM_HTTP_TABLE", table)
-            .stdout(Stdio::piped())
             .spawn()
             .expect("start a server process");
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();

@@ -11,7 +11,7 @@ use idem::store::{Output, Token};
 use idem::{Key, StoreError, idempotent};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::AppError;
@@ -120,19 +120,11 @@ fn worker() {
 
 /// Starts a worker process of this test binary.
 fn spawn_worker(backend: &Backend, table: &str, vars: &[(&str, String)]) -> Child {
-    let mut command = Command::new(std::env::current_exe().unwrap());
+    let mut command = support::worker_command("worker");
     command
-        .args([
-            "--exact",
-            "worker",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
         .env("IDEM_MP_BACKEND", backend.name())
         .env("IDEM_MP_URL", backend.url())
-        .env("IDEM_MP_TABLE", table)
-        .stdout(Stdio::piped());
+        .env("IDEM_MP_TABLE", table);
     for (name, value) in vars {
         command.env(name, value);
     }

@@ -42,6 +42,30 @@ pub(crate) fn demo_events(n: usize) -> Vec<Event> {
         .collect()
 }
 
+/// Runs `consume` (an example's consumer loop) until it ends, printing the handler's counts
+/// every second and once more at the end.
+#[cfg_attr(test, allow(dead_code))]
+pub(crate) async fn reporting<T>(handler: &Handler, consume: impl Future<Output = T>) -> T {
+    let report = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            println!("{}", handler.stats.line());
+        }
+    };
+    let out = tokio::select! {
+        out = consume => out,
+        () = report => unreachable!("the report loop does not end"),
+    };
+    println!("stopped: {}", handler.stats.line());
+    out
+}
+
+/// Resolves at Ctrl-C: the examples' stop signal.
+#[cfg_attr(test, allow(dead_code))]
+pub(crate) async fn ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 /// The failures the demo (and the tests) inject.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub(crate) enum Demo {

@@ -12,7 +12,7 @@ use super::sql::unique;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -195,19 +195,11 @@ pub struct Worker {
 impl Worker {
     /// Starts this test binary's `tx_worker` on `url` and `table`, with `vars` set.
     pub fn spawn(url: &str, table: &str, vars: &[(&str, &str)]) -> Worker {
-        let mut command = Command::new(std::env::current_exe().unwrap());
+        let mut command = super::worker_command("tx_worker");
         command
-            .args([
-                "--exact",
-                "tx_worker",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
             .env("IDEM_TX_URL", url)
             .env("IDEM_TX_TABLE", table)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
+            .stdin(Stdio::piped());
         for (k, v) in vars {
             command.env(k, v);
         }

@@ -12,7 +12,7 @@ use crate::support::sql::unique;
 use sqlx::{AssertSqlSafe, PgPool};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
 /// Events that can be handled, and poison ones of each kind.
@@ -114,19 +114,11 @@ struct Worker {
 
 impl Worker {
     fn spawn(name: &'static str, env: &[(&'static str, String)]) -> Worker {
-        let mut command = Command::new(std::env::current_exe().unwrap());
+        let mut command = crate::support::worker_command("consumer_worker");
         command
-            .args([
-                "--exact",
-                "consumer_worker",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
             .env("IDEM_CONSUMER_WORKER", name)
             .env("WORKER", name)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
+            .stdin(Stdio::piped());
         for (k, v) in env {
             command.env(k, v);
         }

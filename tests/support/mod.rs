@@ -55,6 +55,22 @@ impl Calls {
     }
 }
 
+/// A command that runs this test binary again as a worker process: only its ignored test
+/// `test`, on one thread, its stdout piped (where it reports to the test).
+pub fn worker_command(test: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--exact",
+            test,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .stdout(std::process::Stdio::piped());
+    command
+}
+
 #[cfg(feature = "metrics")]
 pub mod counters;
 
