@@ -1,10 +1,12 @@
 //! [`RedisStore`]: construction, keys, and the [`Store`] operations.
 
 use async_trait::async_trait;
+use idem_core::codec::MAX_ENCODED_LEN;
 use idem_core::store::{Claim, Output, Token};
 use idem_core::{Error, Fingerprint, Key, Store, StoreError};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +63,9 @@ const MAX_EXPIRY_MS: u64 = 1 << 45;
 pub struct RedisStore {
     conn: Conn,
     prefix: Arc<str>,
+    /// The longest output `complete` can send: idem's own limit, or less where the server
+    /// accepts shorter arguments (`proto-max-bulk-len`).
+    max_output: usize,
 }
 
 impl fmt::Debug for RedisStore {
@@ -90,7 +95,11 @@ impl RedisStore {
             .await
             .map_err(backend("connect"))?;
         load_scripts(&mut conn).await?;
-        Ok(RedisStore::from_manager(conn))
+        let max_output = max_output_len(&mut conn).await;
+        Ok(RedisStore {
+            max_output,
+            ..RedisStore::from_manager(conn)
+        })
     }
 
     /// Connects to the Redis Cluster that the nodes at `nodes` (some or all of its
@@ -118,15 +127,21 @@ impl RedisStore {
             .await
             .map_err(backend("connect"))?;
         load_scripts(&mut conn).await?;
-        Ok(RedisStore::from_cluster(conn))
+        let max_output = max_output_len(&mut conn).await;
+        Ok(RedisStore {
+            max_output,
+            ..RedisStore::from_cluster(conn)
+        })
     }
 
     /// A store on a connection you made (with your own timeouts, TLS or credentials), with
-    /// the prefix [`DEFAULT_PREFIX`]. The scripts are loaded on first use.
+    /// the prefix [`DEFAULT_PREFIX`]. The scripts are loaded on first use. The longest output
+    /// is idem's own limit (64 MiB): the server's `proto-max-bulk-len` is not asked.
     pub fn from_manager(conn: ConnectionManager) -> RedisStore {
         RedisStore {
             conn: Conn::Single(conn),
             prefix: Arc::from(DEFAULT_PREFIX),
+            max_output: MAX_ENCODED_LEN,
         }
     }
 
@@ -136,6 +151,7 @@ impl RedisStore {
         RedisStore {
             conn: Conn::Cluster(conn),
             prefix: Arc::from(DEFAULT_PREFIX),
+            max_output: MAX_ENCODED_LEN,
         }
     }
 
@@ -184,6 +200,22 @@ async fn load_scripts(conn: &mut impl redis::aio::ConnectionLike) -> Result<(), 
             .map_err(backend("connect"))?;
     }
     Ok(())
+}
+
+/// The longest output this server lets `complete` send: its `proto-max-bulk-len` (the
+/// longest argument it accepts; a longer one makes it drop the connection), capped at idem's
+/// own [`MAX_ENCODED_LEN`]. Where `CONFIG GET` is refused (managed services may rename or
+/// forbid it), idem's limit stands: the server's default (512 MB) is above it.
+async fn max_output_len(conn: &mut impl redis::aio::ConnectionLike) -> usize {
+    let config: Option<HashMap<String, String>> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("proto-max-bulk-len")
+        .query_async(conn)
+        .await
+        .ok();
+    config
+        .and_then(|c| c.get("proto-max-bulk-len")?.parse::<usize>().ok())
+        .map_or(MAX_ENCODED_LEN, |limit| limit.min(MAX_ENCODED_LEN))
 }
 
 /// A fresh fencing token: 64 random bits. Made on the client rather than by a counter in
@@ -294,6 +326,13 @@ impl Store for RedisStore {
     /// bounded without it. (`idem::purge_periodically` on this store is harmless and idle.)
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         Ok(0)
+    }
+
+    /// What the server accepts as one argument (learned by [`RedisStore::connect`] and
+    /// [`RedisStore::connect_cluster`]), at most idem's own limit; on a connection made by
+    /// the caller, idem's limit.
+    fn max_output_len(&self) -> usize {
+        self.max_output
     }
 
     /// Yes: every record has a server-side expiry, and Redis deletes it then.

@@ -627,8 +627,6 @@ impl Drop for Configured {
 /// server-side limit learn it from the server"), so the conformance check of the largest
 /// output holds — and an output the server would refuse never reaches it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: max_output_len() is 67108864 on a server with proto-max-bulk-len 1mb; \
-            complete of a 1 MiB + 1 output fails: Connection reset by peer"]
 async fn max_output_len_follows_the_server() {
     if !support::have_redis_server() {
         return;
