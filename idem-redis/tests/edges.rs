@@ -642,3 +642,139 @@ async fn max_output_len_follows_the_server() {
     );
     idem::testing::largest_output_round_trips(&Arc::new(store)).await;
 }
+
+/// A loopback proxy in front of `upstream` that, once `armed`, forwards the next claim
+/// (`SET … NX … GET`) to the server and then drops the connection before the reply gets
+/// back: the server applied the claim, the client never heard.
+fn reply_dropping_proxy(upstream: u16, armed: Arc<std::sync::atomic::AtomicBool>) -> u16 {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("proxy port");
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                continue;
+            };
+            let cut = Arc::new(AtomicBool::new(false));
+            let (mut c_in, mut c_out) = (client.try_clone().unwrap(), client);
+            let (mut s_in, mut s_out) = (server.try_clone().unwrap(), server);
+            let (armed, cut2) = (armed.clone(), cut.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0; 1 << 16];
+                while let Ok(n @ 1..) = c_in.read(&mut buf) {
+                    let chunk = &buf[..n];
+                    let has = |w: &[u8]| chunk.windows(w.len()).any(|x| x == w);
+                    let claim = has(b"SET") && has(b"NX") && has(b"GET");
+                    if claim && armed.swap(false, Ordering::SeqCst) {
+                        cut2.store(true, Ordering::SeqCst);
+                        let _ = s_out.write_all(chunk);
+                        std::thread::sleep(Duration::from_millis(100));
+                        let _ = c_in.shutdown(Shutdown::Both);
+                        let _ = s_out.shutdown(Shutdown::Both);
+                        return;
+                    }
+                    if s_out.write_all(chunk).is_err() {
+                        return;
+                    }
+                }
+                let _ = s_out.shutdown(Shutdown::Both);
+            });
+            std::thread::spawn(move || {
+                let mut buf = vec![0; 1 << 16];
+                while let Ok(n @ 1..) = s_in.read(&mut buf) {
+                    if cut.load(Ordering::SeqCst) || c_out.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+                let _ = c_out.shutdown(Shutdown::Both);
+            });
+        }
+    });
+    port
+}
+
+/// On a Redis Cluster the client resends a request whose connection dropped, even when the
+/// server had applied it. A claim applied, its reply lost, and sent again finds the record
+/// its own first send wrote: the caller owns the key (not `InProgress` of its own claim,
+/// which would refuse every call of the key — its own included — until the lease ran out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: the resent claim got Ok(InProgress(Busy { fingerprint: its own, \
+            lease_remaining: Some(600s) })): the key is refused to everyone until the lease ends"]
+async fn a_claim_resent_after_its_reply_was_lost_owns_the_key() {
+    if !support::have_redis_server() {
+        return;
+    }
+    let port = free_port();
+    let bus = free_port();
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let proxy = reply_dropping_proxy(port, armed.clone());
+    let dir = std::env::temp_dir().join(support::unique_prefix("resend").replace(':', "_"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _server = Configured::start(
+        port,
+        &[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-port",
+            &bus.to_string(),
+            "--cluster-announce-ip",
+            "127.0.0.1",
+            "--cluster-announce-port",
+            &proxy.to_string(),
+            "--dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    let url = format!("redis://127.0.0.1:{port}");
+    let mut admin = loop {
+        if let Ok(c) = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+        {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _: () = redis::cmd("CLUSTER")
+        .arg("ADDSLOTSRANGE")
+        .arg(0)
+        .arg(16383)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        let info: String = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        if info.contains("cluster_state:ok") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let store = RedisStore::connect_cluster([format!("redis://127.0.0.1:{proxy}")])
+        .await
+        .expect("cluster through the proxy");
+    let fp = Fingerprint::from_bytes([11; 32]);
+    let key = Key::new("edges-resend", "k").unwrap();
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let got = store.claim(&key, &fp, LONG).await;
+    assert!(
+        !armed.load(std::sync::atomic::Ordering::SeqCst),
+        "the proxy saw the claim"
+    );
+    let token = match got {
+        Ok(Claim::Claimed(token)) => token,
+        other => panic!("the resent claim got {other:?}"),
+    };
+    store
+        .complete(&key, token, out(b"once"), LONG)
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
