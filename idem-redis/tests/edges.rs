@@ -701,8 +701,6 @@ fn reply_dropping_proxy(upstream: u16, armed: Arc<std::sync::atomic::AtomicBool>
 /// its own first send wrote: the caller owns the key (not `InProgress` of its own claim,
 /// which would refuse every call of the key — its own included — until the lease ran out).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: the resent claim got Ok(InProgress(Busy { fingerprint: its own, \
-            lease_remaining: Some(600s) })): the key is refused to everyone until the lease ends"]
 async fn a_claim_resent_after_its_reply_was_lost_owns_the_key() {
     if !support::have_redis_server() {
         return;
