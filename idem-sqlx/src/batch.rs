@@ -18,7 +18,10 @@ use crate::token;
 /// One row of a batch read: the key's digest, its token, and the record.
 pub struct BatchRow {
     pub(crate) digest: Vec<u8>,
-    pub(crate) token: i64,
+    /// `None` where the column is not an integer (SQLite stores what it is given): a
+    /// corrupt row that no caller's token owns, as a single call's fenced statements
+    /// (which compare the token in SQL, never read it) find — not an error for the batch.
+    pub(crate) token: Option<i64>,
     /// The record; a corrupt row is an error for its key only.
     pub(crate) found: Result<Found, StoreError>,
 }
@@ -163,7 +166,7 @@ pub(crate) async fn claims<D: Common>(
             continue;
         };
         answers[i] = match row.found {
-            _ if row.token == claims[i].token => Some(Ok(claims[i].claimed())),
+            _ if row.token == Some(claims[i].token) => Some(Ok(claims[i].claimed())),
             Ok(found) if found.live() => Some(D::live_claim(found)),
             Ok(_) => None,
             Err(e) => Some(Err(e)),
@@ -201,7 +204,7 @@ pub(crate) async fn completes<D: Common>(
     Ok(items
         .iter()
         .map(|item| match rows.remove(item.digest) {
-            Some(row) if row.token == item.token => match row.found {
+            Some(row) if row.token == Some(item.token) => match row.found {
                 Ok(found) if found.state == COMPLETED => Ok(()),
                 Ok(_) => Err(StoreError::LeaseLost),
                 Err(e) => Err(e),

@@ -315,7 +315,7 @@ impl Dialect for MySqlDialect {
             .map(|row| {
                 Ok(BatchRow {
                     digest: row.try_get("key_digest")?,
-                    token: row.try_get("token")?,
+                    token: row.try_get("token").ok(),
                     found: Self::found(row),
                 })
             })

@@ -655,7 +655,6 @@ mod coalescing {
     /// key is in progress for a claim and lost for a complete, and every other key is
     /// untouched. In a batch the same row must not fail the batch's other keys.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "bug: a row whose token is not an integer fails every call of its batch"]
     async fn a_corrupt_token_fails_only_its_own_key() {
         with_store(|store, _| async move {
             let store = Arc::new(
