@@ -272,4 +272,33 @@ mod coalescing {
         })
         .await;
     }
+
+    /// The differential check: random rounds of claims, completes and releases on a store
+    /// without coalescing and on one with (each claim order), every answer compared.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn same_answers_as_single_calls() {
+        let orders = [
+            (1, ClaimOrder::ReadFirst),
+            (2, ClaimOrder::InsertFirst),
+            (3, ClaimOrder::Learned),
+        ];
+        for (seed, order) in orders {
+            with_store(|plain| async move {
+                with_store(|coalesced| async move {
+                    let coalesced = Arc::unwrap_or_clone(coalesced)
+                        .with_claim_order(order)
+                        .with_coalescing(true);
+                    support::coalesce::same_answers_as_single_calls(
+                        plain,
+                        Arc::new(coalesced),
+                        seed,
+                        40,
+                    )
+                    .await;
+                })
+                .await;
+            })
+            .await;
+        }
+    }
 }
