@@ -22,6 +22,10 @@ pub struct BatchRow {
     /// corrupt row that no caller's token owns, as a single call's fenced statements
     /// (which compare the token in SQL, never read it) find — not an error for the batch.
     pub(crate) token: Option<i64>,
+    /// Its `state`, read on its own: whether a token completed the record must not depend
+    /// on the record's other columns (a single `complete` asks only `token = ? AND state =
+    /// 1`); `None` where it is not an integer.
+    pub(crate) state: Option<i64>,
     /// The record; a corrupt row is an error for its key only.
     pub(crate) found: Result<Found, StoreError>,
 }
@@ -204,11 +208,7 @@ pub(crate) async fn completes<D: Common>(
     Ok(items
         .iter()
         .map(|item| match rows.remove(item.digest) {
-            Some(row) if row.token == Some(item.token) => match row.found {
-                Ok(found) if found.state == COMPLETED => Ok(()),
-                Ok(_) => Err(StoreError::LeaseLost),
-                Err(e) => Err(e),
-            },
+            Some(row) if row.token == Some(item.token) && row.state == Some(COMPLETED) => Ok(()),
             _ => Err(StoreError::LeaseLost),
         })
         .collect())

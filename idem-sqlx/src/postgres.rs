@@ -314,6 +314,7 @@ impl Dialect for PgDialect {
                 Ok(BatchRow {
                     digest: row.try_get("key_digest")?,
                     token: row.try_get("token").ok(),
+                    state: row.try_get("state").ok(),
                     found: Self::found(row),
                 })
             })

@@ -760,7 +760,6 @@ mod coalescing {
     /// does not write): a single call answers `Ok`. So must a batch that also holds a
     /// complete with a lost lease (which makes it read the rows back).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "bug: a batch answers a done complete with the record's decoding error"]
     async fn a_done_complete_is_done_whatever_else_the_row_holds() {
         with_store(|store, _| async move {
             let store = Arc::new(Arc::unwrap_or_clone(store).with_coalescing(true));
