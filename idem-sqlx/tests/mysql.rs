@@ -753,4 +753,29 @@ mod coalescing {
             .await;
         }
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_batch_fails_each_caller() {
+        with_store(|store| async move {
+            let store = Arc::new(Arc::unwrap_or_clone(store).with_coalescing(true));
+            let rename = |from: &str, to: &str| {
+                let (pool, sql) = (
+                    store.pool().clone(),
+                    format!("ALTER TABLE {from} RENAME TO {to}"),
+                );
+                async move {
+                    exec(&pool, sql).await;
+                }
+            };
+            let table = store.table().to_owned();
+            let gone = format!("{table}_gone");
+            support::coalesce::a_failing_batch_fails_each_caller(
+                store.clone(),
+                rename(&table, &gone),
+                rename(&gone, &table),
+            )
+            .await;
+        })
+        .await;
+    }
 }

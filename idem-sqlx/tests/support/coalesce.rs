@@ -556,3 +556,86 @@ pub async fn same_answers_as_single_calls<S: Store + 'static>(
     }
     println!("seed {seed}: {rounds} rounds, {compared} answers, the same on both stores");
 }
+
+/// A batch whose statements fail (here: the table is gone, `break_table` renamed it) fails
+/// each of its callers — claims and completes, fresh keys and twice-claimed ones — with an
+/// error, promptly: none hangs and none is told it succeeded. Once `restore_table` put it
+/// back, the same calls succeed.
+pub async fn a_failing_batch_fails_each_caller<S, B, R>(
+    store: Arc<S>,
+    break_table: B,
+    restore_table: R,
+) where
+    S: Store + 'static,
+    B: std::future::Future<Output = ()>,
+    R: std::future::Future<Output = ()>,
+{
+    const KEYS: usize = 32;
+    let run = super::unique_table("failing");
+    let fp = Fingerprint::from_bytes([9; 32]);
+    let keys: Vec<Key> = (0..2 * KEYS)
+        .map(|k| Key::new(NAMESPACE, format!("{run}-{k}").as_str()).unwrap())
+        .collect();
+    let mut tokens = Vec::new();
+    for key in &keys[..KEYS] {
+        tokens.push(super::claimed(&*store, key, &fp, LONG_LEASE).await);
+    }
+    let output = || Output {
+        outcome: Outcome::Ok,
+        bytes: vec![9; 9].into(),
+    };
+    // Claims of the fresh keys (each twice) and completes of the claimed ones, all at once.
+    let burst = |store: Arc<S>| {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, key) in keys.iter().enumerate() {
+            let (store, key) = (store.clone(), key.clone());
+            let token = tokens.get(i).copied();
+            tasks.spawn(async move {
+                let call = async {
+                    match token {
+                        Some(token) => store
+                            .complete(&key, token, output(), LONG_LEASE)
+                            .await
+                            .map(|()| "completed".to_owned()),
+                        None => {
+                            let (a, b) = tokio::join!(
+                                store.claim(&key, &fp, LONG_LEASE),
+                                store.claim(&key, &fp, LONG_LEASE)
+                            );
+                            match (a, b) {
+                                (Ok(a), Ok(b)) => Ok(format!("{a:?} {b:?}")),
+                                (Err(e), _) | (_, Err(e)) => Err(e),
+                            }
+                        }
+                    }
+                };
+                let answer = tokio::time::timeout(Duration::from_secs(20), call).await;
+                (i, answer.map(|a| a.map_err(|e| e.to_string())))
+            });
+        }
+        tasks
+    };
+    break_table.await;
+    let mut tasks = burst(store.clone());
+    while let Some(done) = tasks.join_next().await {
+        let (i, answer) = done.unwrap();
+        match answer {
+            Ok(Err(_)) => {}
+            Ok(Ok(ok)) => panic!("call {i} on a table that is gone succeeded: {ok}"),
+            Err(_) => panic!("call {i} on a table that is gone hung"),
+        }
+    }
+    restore_table.await;
+    let mut tasks = burst(store);
+    while let Some(done) = tasks.join_next().await {
+        let (i, answer) = done.unwrap();
+        match answer {
+            Ok(Ok(answer)) if i < KEYS => assert_eq!(answer, "completed"),
+            Ok(Ok(answer)) => assert!(
+                answer.starts_with("Claimed") ^ answer.contains(" Claimed"),
+                "call {i}: two claims of a fresh key, one winner: {answer}"
+            ),
+            other => panic!("call {i} once the table was back: {other:?}"),
+        }
+    }
+}
