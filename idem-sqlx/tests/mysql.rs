@@ -778,4 +778,17 @@ mod coalescing {
         })
         .await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_body_runs_once_across_stores() {
+        for order in [ClaimOrder::ReadFirst, ClaimOrder::InsertFirst] {
+            with_store(|store| async move {
+                let store = Arc::unwrap_or_clone(store).with_claim_order(order);
+                let a = Arc::new(store.clone().with_coalescing(true));
+                let b = Arc::new(store.with_coalescing(true));
+                support::coalesce::each_body_runs_once_across_stores(a, b).await;
+            })
+            .await;
+        }
+    }
 }

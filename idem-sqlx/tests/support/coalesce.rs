@@ -16,15 +16,17 @@ const NAMESPACE: &str = "idem_sqlx::tests::coalesce";
 
 /// Every task claims its key until it gets the record: the one that claims it runs the
 /// "body" (counts an execution, then completes with its own name), the others wait and
-/// replay. `keys` keys, `per_key` tasks on each, all started at once.
-pub async fn race<S: Store + 'static>(store: Arc<S>, keys: usize, per_key: usize) {
+/// replay. `keys` keys, `per_key` tasks on each, all started at once, task `t` of a key
+/// on `stores[t % stores.len()]` (stores of separate processes, say).
+pub async fn race<S: Store + 'static>(stores: &[Arc<S>], keys: usize, per_key: usize) {
     let run = super::unique_table("race");
     let executions: Arc<Vec<AtomicU64>> = Arc::new((0..keys).map(|_| AtomicU64::new(0)).collect());
     let start = Arc::new(tokio::sync::Barrier::new(keys * per_key));
     let mut tasks = tokio::task::JoinSet::new();
     for k in 0..keys {
         for t in 0..per_key {
-            let (store, executions, start) = (store.clone(), executions.clone(), start.clone());
+            let store = stores[t % stores.len()].clone();
+            let (executions, start) = (executions.clone(), start.clone());
             let key = Key::new(NAMESPACE, format!("{run}-{k}").as_str()).unwrap();
             tasks.spawn(async move {
                 let name = format!("task-{k}-{t}");
@@ -80,8 +82,15 @@ pub async fn race<S: Store + 'static>(store: Arc<S>, keys: usize, per_key: usize
 /// 256 tasks on one key, then 4 tasks on each of 128 keys: every key's body runs exactly
 /// once and every caller gets its output.
 pub async fn each_body_runs_once<S: Store + 'static>(store: Arc<S>) {
-    race(store.clone(), 1, 256).await;
-    race(store, 128, 4).await;
+    race(&[store.clone()], 1, 256).await;
+    race(&[store], 128, 4).await;
+}
+
+/// The same on two stores of one table, each with queues of its own (as two processes
+/// have): their batches race each other for the same keys.
+pub async fn each_body_runs_once_across_stores<S: Store + 'static>(a: Arc<S>, b: Arc<S>) {
+    race(&[a.clone(), b.clone()], 1, 256).await;
+    race(&[a, b], 128, 4).await;
 }
 
 /// 256 claims and completes at once send far fewer statements through `coalesced` than
