@@ -82,7 +82,7 @@ pub async fn race<S: Store + 'static>(stores: &[Arc<S>], keys: usize, per_key: u
 /// 256 tasks on one key, then 4 tasks on each of 128 keys: every key's body runs exactly
 /// once and every caller gets its output.
 pub async fn each_body_runs_once<S: Store + 'static>(store: Arc<S>) {
-    race(&[store.clone()], 1, 256).await;
+    race(std::slice::from_ref(&store), 1, 256).await;
     race(&[store], 128, 4).await;
 }
 
@@ -385,7 +385,7 @@ async fn apply<S: Store + 'static>(
     at_once: bool,
 ) -> (Vec<Answer>, Option<Token>) {
     let output = |byte: u8| Output {
-        outcome: if byte % 3 == 0 {
+        outcome: if byte.is_multiple_of(3) {
             Outcome::Err
         } else {
             Outcome::Ok
