@@ -306,8 +306,9 @@ enum Op {
         which: Which,
         output: u8,
         short: bool,
-        /// The same `complete` twice at once (a retry racing its first try).
-        twice: bool,
+        /// A second `complete` of the key at once, with this token (the same: a retry
+        /// racing its first try; another: an earlier or later owner's racing this one).
+        twice: Option<Which>,
     },
     Release {
         which: Which,
@@ -381,7 +382,7 @@ async fn apply<S: Store + 'static>(
     store: Arc<S>,
     key: Key,
     op: Op,
-    token: Token,
+    (token, second): (Token, Token),
     at_once: bool,
 ) -> (Vec<Answer>, Option<Token>) {
     let output = |byte: u8| Output {
@@ -429,15 +430,15 @@ async fn apply<S: Store + 'static>(
             twice,
             ..
         } => {
-            let once = || store.complete(&key, token, output(byte), time(short));
-            let mut answers = if !twice {
-                vec![done_answer(once().await)]
+            let once = |token| store.complete(&key, token, output(byte), time(short));
+            let mut answers = if twice.is_none() {
+                vec![done_answer(once(token).await)]
             } else if at_once {
-                let (x, y) = tokio::join!(once(), once());
+                let (x, y) = tokio::join!(once(token), once(second));
                 vec![done_answer(x), done_answer(y)]
             } else {
-                let x = done_answer(once().await);
-                vec![x, done_answer(once().await)]
+                let x = done_answer(once(token).await);
+                vec![x, done_answer(once(second).await)]
             };
             answers.sort();
             (answers, None)
@@ -501,15 +502,24 @@ pub async fn same_answers_as_single_calls<S: Store + 'static>(
                     which,
                     output: rng.below(256) as u8,
                     short: rng.below(3) == 0,
-                    twice: rng.below(4) == 0,
+                    twice: match rng.below(8) {
+                        0 | 1 => Some(which),
+                        2 => Some(Which::Current),
+                        3 => Some(Which::Stale),
+                        _ => None,
+                    },
                 },
                 _ => Op::Release { which },
             };
             ops.push((k, op));
         }
         let token_of = |tokens: &Tokens, k: usize, op: Op| match op {
-            Op::Complete { which, .. } | Op::Release { which } => tokens.pick(k, which),
-            _ => Token::new(1),
+            Op::Complete { which, twice, .. } => (
+                tokens.pick(k, which),
+                tokens.pick(k, twice.unwrap_or(which)),
+            ),
+            Op::Release { which } => (tokens.pick(k, which), tokens.pick(k, which)),
+            _ => (Token::new(1), Token::new(1)),
         };
         // One after the other on the plain store.
         let mut expected = Vec::new();
