@@ -908,4 +908,13 @@ mod coalescing {
             .await;
         }
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelled_completes_break_nothing() {
+        with_store(|store, _| async move {
+            let store = Arc::unwrap_or_clone(store).with_coalescing(true);
+            support::coalesce::cancelled_completes_break_nothing(Arc::new(store)).await;
+        })
+        .await;
+    }
 }

@@ -658,3 +658,66 @@ pub async fn a_failing_batch_fails_each_caller<S, B, R>(
         }
     }
 }
+
+/// 128 completes at once, every third dropped after its own short delay (queued, in
+/// flight or answered): the others are answered `Ok` whatever became of the dropped ones,
+/// and a dropped one's retry (its token, its output) is `Ok` too, as a single call's retry
+/// after a lost reply is. Every key then replays its output.
+pub async fn cancelled_completes_break_nothing<S: Store + 'static>(store: Arc<S>) {
+    const CALLS: usize = 128;
+    let run = super::unique_table("cancel_complete");
+    let fp = Fingerprint::from_bytes([5; 32]);
+    let mut claimed = Vec::new();
+    for i in 0..CALLS {
+        let key = Key::new(NAMESPACE, format!("{run}-{i}").as_str()).unwrap();
+        let token = super::claimed(&*store, &key, &fp, LONG_LEASE).await;
+        claimed.push((key, token));
+    }
+    let output = |i: usize| Output {
+        outcome: Outcome::Ok,
+        bytes: format!("output {i}").into_bytes().into(),
+    };
+    let start = Arc::new(tokio::sync::Barrier::new(CALLS));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (key, token)) in claimed.iter().cloned().enumerate() {
+        let (store, start) = (store.clone(), start.clone());
+        tasks.spawn(async move {
+            start.wait().await;
+            let complete = store.complete(&key, token, output(i), LONG_LEASE);
+            if i % 3 == 0 {
+                let delay = Duration::from_micros((i * 20_000 / CALLS) as u64);
+                if tokio::time::timeout(delay, complete).await.is_err() {
+                    return (i, None);
+                }
+                return (i, Some(Ok(())));
+            }
+            (i, Some(complete.await.map_err(|e| e.to_string())))
+        });
+    }
+    let mut dropped = 0;
+    while let Some(done) = tasks.join_next().await {
+        match done.unwrap() {
+            (_, Some(Ok(()))) => {}
+            (i, Some(Err(e))) => panic!("complete {i} next to dropped ones: {e}"),
+            (i, None) => {
+                dropped += 1;
+                let (key, token) = &claimed[i];
+                store
+                    .complete(key, *token, output(i), LONG_LEASE)
+                    .await
+                    .unwrap_or_else(|e| panic!("the retry of dropped complete {i}: {e}"));
+            }
+        }
+    }
+    for (i, (key, _)) in claimed.iter().enumerate() {
+        match store.claim(key, &fp, LONG_LEASE).await {
+            Ok(Claim::Completed(record)) => assert_eq!(record.output, output(i), "key {i}"),
+            other => panic!("key {i} after its complete: {other:?}"),
+        }
+    }
+    assert!(
+        dropped > 0,
+        "no complete was dropped: the check proved nothing"
+    );
+    println!("{dropped} of {CALLS} completes dropped, none broke another");
+}
