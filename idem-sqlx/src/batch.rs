@@ -54,6 +54,7 @@ impl<'a> Completion<'a> {
 /// How many rows a multi-row statement for `n` items has: the next power of two, so that
 /// a connection prepares (and its statement cache keeps) a few statements, not one per
 /// batch size.
+#[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
 pub(crate) fn rows_for(n: usize) -> usize {
     n.next_power_of_two()
 }
@@ -61,6 +62,7 @@ pub(crate) fn rows_for(n: usize) -> usize {
 /// `items` padded to [`rows_for`] their count by repeating the last one: a repeated
 /// claim's insert finds its own row and does nothing, a repeated key's read matches the
 /// row once.
+#[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
 pub(crate) fn padded<T>(items: &[T]) -> impl Iterator<Item = &T> {
     let last = items.len().saturating_sub(1);
     (0..rows_for(items.len())).filter_map(move |i| items.get(i.min(last)))
@@ -68,6 +70,7 @@ pub(crate) fn padded<T>(items: &[T]) -> impl Iterator<Item = &T> {
 
 /// A completion that matches no row (no key has an empty digest, no token is negative),
 /// to pad a multi-row `UPDATE` to [`rows_for`] its items.
+#[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
 pub(crate) const NO_COMPLETION: Completion<'static> = Completion {
     digest: &[],
     token: -1,
@@ -77,6 +80,7 @@ pub(crate) const NO_COMPLETION: Completion<'static> = Completion {
 };
 
 /// `items` padded to [`rows_for`] their count with [`NO_COMPLETION`].
+#[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
 pub(crate) fn padded_completions<'a>(
     items: &'a [Completion<'a>],
 ) -> impl Iterator<Item = &'a Completion<'a>> {
@@ -88,6 +92,7 @@ pub(crate) fn padded_completions<'a>(
 
 /// `row` (one row of placeholders) `n` times, separated by `separator`: the rows of a
 /// multi-row statement whose size is the batch's.
+#[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
 pub(crate) fn repeat(row: &str, n: usize, separator: &str) -> String {
     let mut out = String::with_capacity((row.len() + separator.len()) * n);
     for i in 0..n {
