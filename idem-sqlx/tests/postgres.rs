@@ -293,6 +293,36 @@ mod coalescing {
                         Arc::new(coalesced),
                         seed,
                         40,
+                        24,
+                    )
+                    .await;
+                })
+                .await;
+            })
+            .await;
+        }
+    }
+
+    /// The differential check with rounds of ~1500 calls: more than one batch takes (512).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn same_answers_as_single_calls_in_large_batches() {
+        let orders = [
+            (11, ClaimOrder::ReadFirst),
+            (12, ClaimOrder::InsertFirst),
+            (13, ClaimOrder::Learned),
+        ];
+        for (seed, order) in orders {
+            with_store(|plain| async move {
+                with_store(|coalesced| async move {
+                    let coalesced = Arc::unwrap_or_clone(coalesced)
+                        .with_claim_order(order)
+                        .with_coalescing(true);
+                    support::coalesce::same_answers_as_single_calls(
+                        plain,
+                        Arc::new(coalesced),
+                        seed,
+                        2,
+                        3000,
                     )
                     .await;
                 })

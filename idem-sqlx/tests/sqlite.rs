@@ -865,6 +865,42 @@ mod coalescing {
                     Arc::new(coalesced),
                     seed,
                     40,
+                    24,
+                )
+                .await;
+            })
+            .await;
+        }
+    }
+
+    /// The differential check with rounds of ~1500 calls: more than one batch takes (512).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn same_answers_as_single_calls_in_large_batches() {
+        let orders = [
+            (11, ClaimOrder::ReadFirst),
+            (12, ClaimOrder::InsertFirst),
+            (13, ClaimOrder::Learned),
+        ];
+        for (seed, order) in orders {
+            with_store(|store, _| async move {
+                let store = Arc::unwrap_or_clone(store);
+                let plain = store
+                    .clone()
+                    .with_table(&support::unique_table("idem_plain"))
+                    .unwrap();
+                plain.migrate().await.unwrap();
+                let coalesced = store
+                    .with_table(&support::unique_table("idem_coalesced"))
+                    .unwrap()
+                    .with_claim_order(order)
+                    .with_coalescing(true);
+                coalesced.migrate().await.unwrap();
+                support::coalesce::same_answers_as_single_calls(
+                    Arc::new(plain),
+                    Arc::new(coalesced),
+                    seed,
+                    2,
+                    3000,
                 )
                 .await;
             })

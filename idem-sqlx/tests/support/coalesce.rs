@@ -454,16 +454,18 @@ async fn apply<S: Store + 'static>(
 /// other, on `coalesced` all at once, where they queue and go as batches that mix fresh
 /// keys, live claims, expired ones (taken over), completed records and expired ones,
 /// other fingerprints, stale and bogus tokens. Leases and TTLs are either 1 ms (run out
-/// by the next round) or 10 minutes.
+/// by the next round) or 10 minutes. `keys` keys (a round calls on about half of them, a
+/// third of those claims and as many completes).
 pub async fn same_answers_as_single_calls<S: Store + 'static>(
     plain: Arc<S>,
     coalesced: Arc<S>,
     seed: u64,
     rounds: usize,
+    keys: usize,
 ) {
-    const KEYS: usize = 24;
     let run = super::unique_table("differential");
-    let keys: Vec<Key> = (0..KEYS)
+    let count = keys;
+    let keys: Vec<Key> = (0..count)
         .map(|k| Key::new(NAMESPACE, format!("{run}-{k}").as_str()).unwrap())
         .collect();
     // `IDEM_TEST_SEED` replays (or explores) another seed.
@@ -473,14 +475,14 @@ pub async fn same_answers_as_single_calls<S: Store + 'static>(
         .map_or(seed, |base| base.wrapping_mul(31).wrapping_add(seed));
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let mut tokens = [
-        Tokens(vec![Vec::new(); KEYS]),
-        Tokens(vec![Vec::new(); KEYS]),
+        Tokens(vec![Vec::new(); count]),
+        Tokens(vec![Vec::new(); count]),
     ];
     let mut compared = 0;
     for round in 0..rounds {
         // A random half of the keys, each with a random operation.
         let mut ops = Vec::new();
-        for k in 0..KEYS {
+        for k in 0..count {
             if rng.below(2) == 0 {
                 continue;
             }
@@ -573,7 +575,9 @@ pub async fn same_answers_as_single_calls<S: Store + 'static>(
         // Every 1 ms lease and TTL of this round has run out by the next.
         tokio::time::sleep(Duration::from_millis(15)).await;
     }
-    println!("seed {seed}: {rounds} rounds, {compared} answers, the same on both stores");
+    println!(
+        "seed {seed}: {rounds} rounds on {count} keys, {compared} answers, the same on both stores"
+    );
 }
 
 /// A batch whose statements fail (here: the table is gone, `break_table` renamed it) fails
