@@ -18,7 +18,14 @@ use crate::token;
 /// One row of a batch read: the key's digest, its token, and the record.
 pub struct BatchRow {
     pub(crate) digest: Vec<u8>,
-    pub(crate) token: i64,
+    /// `None` where the column is not an integer (SQLite stores what it is given): a
+    /// corrupt row that no caller's token owns, as a single call's fenced statements
+    /// (which compare the token in SQL, never read it) find — not an error for the batch.
+    pub(crate) token: Option<i64>,
+    /// Its `state`, read on its own: whether a token completed the record must not depend
+    /// on the record's other columns (a single `complete` asks only `token = ? AND state =
+    /// 1`); `None` where it is not an integer.
+    pub(crate) state: Option<i64>,
     /// The record; a corrupt row is an error for its key only.
     pub(crate) found: Result<Found, StoreError>,
 }
@@ -47,6 +54,7 @@ impl<'a> Completion<'a> {
 /// How many rows a multi-row statement for `n` items has: the next power of two, so that
 /// a connection prepares (and its statement cache keeps) a few statements, not one per
 /// batch size.
+#[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
 pub(crate) fn rows_for(n: usize) -> usize {
     n.next_power_of_two()
 }
@@ -54,6 +62,7 @@ pub(crate) fn rows_for(n: usize) -> usize {
 /// `items` padded to [`rows_for`] their count by repeating the last one: a repeated
 /// claim's insert finds its own row and does nothing, a repeated key's read matches the
 /// row once.
+#[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
 pub(crate) fn padded<T>(items: &[T]) -> impl Iterator<Item = &T> {
     let last = items.len().saturating_sub(1);
     (0..rows_for(items.len())).filter_map(move |i| items.get(i.min(last)))
@@ -61,6 +70,7 @@ pub(crate) fn padded<T>(items: &[T]) -> impl Iterator<Item = &T> {
 
 /// A completion that matches no row (no key has an empty digest, no token is negative),
 /// to pad a multi-row `UPDATE` to [`rows_for`] its items.
+#[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
 pub(crate) const NO_COMPLETION: Completion<'static> = Completion {
     digest: &[],
     token: -1,
@@ -70,6 +80,7 @@ pub(crate) const NO_COMPLETION: Completion<'static> = Completion {
 };
 
 /// `items` padded to [`rows_for`] their count with [`NO_COMPLETION`].
+#[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
 pub(crate) fn padded_completions<'a>(
     items: &'a [Completion<'a>],
 ) -> impl Iterator<Item = &'a Completion<'a>> {
@@ -81,6 +92,7 @@ pub(crate) fn padded_completions<'a>(
 
 /// `row` (one row of placeholders) `n` times, separated by `separator`: the rows of a
 /// multi-row statement whose size is the batch's.
+#[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
 pub(crate) fn repeat(row: &str, n: usize, separator: &str) -> String {
     let mut out = String::with_capacity((row.len() + separator.len()) * n);
     for i in 0..n {
@@ -163,7 +175,7 @@ pub(crate) async fn claims<D: Common>(
             continue;
         };
         answers[i] = match row.found {
-            _ if row.token == claims[i].token => Some(Ok(claims[i].claimed())),
+            _ if row.token == Some(claims[i].token) => Some(Ok(claims[i].claimed())),
             Ok(found) if found.live() => Some(D::live_claim(found)),
             Ok(_) => None,
             Err(e) => Some(Err(e)),
@@ -201,11 +213,7 @@ pub(crate) async fn completes<D: Common>(
     Ok(items
         .iter()
         .map(|item| match rows.remove(item.digest) {
-            Some(row) if row.token == item.token => match row.found {
-                Ok(found) if found.state == COMPLETED => Ok(()),
-                Ok(_) => Err(StoreError::LeaseLost),
-                Err(e) => Err(e),
-            },
+            Some(row) if row.token == Some(item.token) && row.state == Some(COMPLETED) => Ok(()),
             _ => Err(StoreError::LeaseLost),
         })
         .collect())

@@ -351,7 +351,8 @@ impl Dialect for SqliteDialect {
             .map(|row| {
                 Ok(BatchRow {
                     digest: row.try_get("key_digest")?,
-                    token: row.try_get("token")?,
+                    token: row.try_get("token").ok(),
+                    state: row.try_get("state").ok(),
                     found: Self::found(row),
                 })
             })

@@ -5,7 +5,7 @@
 mod support;
 
 use idem_core::codec::{self, Bincode};
-use idem_core::store::{Claim, Outcome, Output};
+use idem_core::store::{Claim, Outcome, Output, Token};
 use idem_core::testing;
 use idem_core::{Error, Fingerprint, Key, Store, StoreError, TxStore};
 use idem_sqlx::{ClaimOrder, SqliteStore};
@@ -650,11 +650,306 @@ mod coalescing {
         .await;
     }
 
+    /// SQLite stores what it is given: a `token` that is not an integer is a corrupt
+    /// record. A single call never reads the token (its fence compares it in SQL), so the
+    /// key is in progress for a claim and lost for a complete, and every other key is
+    /// untouched. In a batch the same row must not fail the batch's other keys.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupt_token_fails_only_its_own_key() {
+        with_store(|store, _| async move {
+            let store = Arc::new(
+                Arc::unwrap_or_clone(store)
+                    .with_claim_order(ClaimOrder::ReadFirst)
+                    .with_coalescing(true),
+            );
+            let (bad, good, lead) = (key("corrupt token"), key("fresh"), key("leader"));
+            let fp = fingerprint(5);
+            let bad_token = claimed(&*store, &bad, &fp, LONG).await;
+            exec(
+                store.pool(),
+                format!(
+                    "UPDATE {} SET token = 'x' WHERE key_digest = x'{}'",
+                    store.table(),
+                    digest_hex(&bad)
+                ),
+            )
+            .await;
+            // Single calls, for reference: in progress, and a lost lease.
+            assert!(matches!(
+                store.claim(&bad, &fp, LONG).await,
+                Ok(Claim::InProgress(_))
+            ));
+            let (done_key, done_token) = (key("completed in the batch"), {
+                let k = key("completed in the batch");
+                claimed(&*store, &k, &fp, LONG).await
+            });
+            let output = || Output {
+                outcome: Outcome::Ok,
+                bytes: vec![1, 2, 3].into(),
+            };
+
+            // Claims: a leader blocked on SQLite's write lock, and two claims queued behind
+            // it, which go as one batch when the lock is let go.
+            let writer = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+            let leader = tokio::spawn({
+                let (store, lead) = (store.clone(), lead.clone());
+                async move { store.claim(&lead, &fp, LONG).await }
+            });
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let queued: Vec<_> = [bad.clone(), good.clone()]
+                .into_iter()
+                .map(|k| {
+                    let store = store.clone();
+                    tokio::spawn(async move { store.claim(&k, &fp, LONG).await })
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            writer.commit().await.unwrap();
+            assert!(matches!(leader.await.unwrap(), Ok(Claim::Claimed(_))));
+            let mut answers = Vec::new();
+            for task in queued {
+                answers.push(task.await.unwrap());
+            }
+            assert!(
+                matches!(
+                    answers[..],
+                    [Ok(Claim::InProgress(_)), Ok(Claim::Claimed(_))]
+                ),
+                "the corrupt key, and a fresh key in the same batch: {answers:?}"
+            );
+
+            // Completes: the same, a leader blocked and two queued as one batch.
+            let Ok(Claim::Claimed(lead_token)) = store.claim(&key("leader 2"), &fp, LONG).await
+            else {
+                panic!("a fresh key")
+            };
+            let writer = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+            let leader = tokio::spawn({
+                let store = store.clone();
+                async move {
+                    store
+                        .complete(&key("leader 2"), lead_token, output(), LONG)
+                        .await
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let queued: Vec<_> = [(bad.clone(), bad_token), (done_key.clone(), done_token)]
+                .into_iter()
+                .map(|(k, token)| {
+                    let store = store.clone();
+                    tokio::spawn(async move { store.complete(&k, token, output(), LONG).await })
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            writer.commit().await.unwrap();
+            leader.await.unwrap().unwrap();
+            let mut answers = Vec::new();
+            for task in queued {
+                answers.push(task.await.unwrap());
+            }
+            assert!(
+                matches!(answers[..], [Err(StoreError::LeaseLost), Ok(())]),
+                "the corrupt key, and a good complete in the same batch: {answers:?}"
+            );
+        })
+        .await;
+    }
+
+    /// A `complete` whose fenced `UPDATE` matched its claim is done, whatever other column
+    /// of the record is odd (here a `fingerprint` that is not a blob, which the completion
+    /// does not write): a single call answers `Ok`. So must a batch that also holds a
+    /// complete with a lost lease (which makes it read the rows back).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_done_complete_is_done_whatever_else_the_row_holds() {
+        with_store(|store, _| async move {
+            let store = Arc::new(Arc::unwrap_or_clone(store).with_coalescing(true));
+            let fp = fingerprint(6);
+            let output = || Output {
+                outcome: Outcome::Ok,
+                bytes: vec![4, 5, 6].into(),
+            };
+            let odd = async |text: &str| {
+                let odd = key(text);
+                let token = claimed(&*store, &odd, &fp, LONG).await;
+                exec(
+                    store.pool(),
+                    format!(
+                        "UPDATE {} SET fingerprint = 7 WHERE key_digest = x'{}'",
+                        store.table(),
+                        digest_hex(&odd)
+                    ),
+                )
+                .await;
+                let taken = key(&format!("{text}, taken"));
+                claimed(&*store, &taken, &fp, LONG).await;
+                (odd, token, taken)
+            };
+            let stale = Token::new(12345);
+            // One call at a time (each alone, as without coalescing), for reference.
+            let (alone, token, taken) = odd("alone").await;
+            let single = [
+                store.complete(&alone, token, output(), LONG).await,
+                store.complete(&taken, stale, output(), LONG).await,
+            ];
+            assert!(
+                matches!(single[..], [Ok(()), Err(StoreError::LeaseLost)]),
+                "{single:?}"
+            );
+
+            // The same two as one batch, queued behind a leader blocked on the write lock.
+            let (odd, token, taken) = odd("in a batch").await;
+            let lead = key("leader");
+            let lead_token = claimed(&*store, &lead, &fp, LONG).await;
+            let writer = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+            let leader = tokio::spawn({
+                let store = store.clone();
+                async move { store.complete(&lead, lead_token, output(), LONG).await }
+            });
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let queued: Vec<_> = [(odd, token), (taken, stale)]
+                .into_iter()
+                .map(|(k, token)| {
+                    let store = store.clone();
+                    tokio::spawn(async move { store.complete(&k, token, output(), LONG).await })
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            writer.commit().await.unwrap();
+            leader.await.unwrap().unwrap();
+            let mut batched = Vec::new();
+            for task in queued {
+                batched.push(task.await.unwrap());
+            }
+            assert!(
+                matches!(batched[..], [Ok(()), Err(StoreError::LeaseLost)]),
+                "a batch of the same completes: {batched:?}"
+            );
+        })
+        .await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cancelled_claims_leave_nothing_behind() {
         with_store(|store, _| async move {
             let store = Arc::unwrap_or_clone(store).with_coalescing(true);
             support::coalesce::cancelled_claims_leave_nothing_behind(Arc::new(store)).await;
+        })
+        .await;
+    }
+
+    /// The differential check: random rounds of claims, completes and releases on a store
+    /// without coalescing and on one with (each claim order), every answer compared.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn same_answers_as_single_calls() {
+        let orders = [
+            (1, ClaimOrder::ReadFirst),
+            (2, ClaimOrder::InsertFirst),
+            (3, ClaimOrder::Learned),
+        ];
+        for (seed, order) in orders {
+            with_store(|store, _| async move {
+                let store = Arc::unwrap_or_clone(store);
+                let plain = store
+                    .clone()
+                    .with_table(&support::unique_table("idem_plain"))
+                    .unwrap();
+                plain.migrate().await.unwrap();
+                let coalesced = store
+                    .with_table(&support::unique_table("idem_coalesced"))
+                    .unwrap()
+                    .with_claim_order(order)
+                    .with_coalescing(true);
+                coalesced.migrate().await.unwrap();
+                support::coalesce::same_answers_as_single_calls(
+                    Arc::new(plain),
+                    Arc::new(coalesced),
+                    seed,
+                    40,
+                    24,
+                )
+                .await;
+            })
+            .await;
+        }
+    }
+
+    /// The differential check with rounds of ~1500 calls: more than one batch takes (512).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn same_answers_as_single_calls_in_large_batches() {
+        let orders = [
+            (11, ClaimOrder::ReadFirst),
+            (12, ClaimOrder::InsertFirst),
+            (13, ClaimOrder::Learned),
+        ];
+        for (seed, order) in orders {
+            with_store(|store, _| async move {
+                let store = Arc::unwrap_or_clone(store);
+                let plain = store
+                    .clone()
+                    .with_table(&support::unique_table("idem_plain"))
+                    .unwrap();
+                plain.migrate().await.unwrap();
+                let coalesced = store
+                    .with_table(&support::unique_table("idem_coalesced"))
+                    .unwrap()
+                    .with_claim_order(order)
+                    .with_coalescing(true);
+                coalesced.migrate().await.unwrap();
+                support::coalesce::same_answers_as_single_calls(
+                    Arc::new(plain),
+                    Arc::new(coalesced),
+                    seed,
+                    2,
+                    3000,
+                )
+                .await;
+            })
+            .await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_batch_fails_each_caller() {
+        with_store(|store, _| async move {
+            let store = Arc::new(Arc::unwrap_or_clone(store).with_coalescing(true));
+            let rename = |from: &str, to: &str| {
+                let (pool, sql) = (
+                    store.pool().clone(),
+                    format!("ALTER TABLE {from} RENAME TO {to}"),
+                );
+                async move {
+                    exec(&pool, sql).await;
+                }
+            };
+            let (table, gone) = (store.table().to_owned(), "idem_records_gone".to_owned());
+            support::coalesce::a_failing_batch_fails_each_caller(
+                store.clone(),
+                rename(&table, &gone),
+                rename(&gone, &table),
+            )
+            .await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_body_runs_once_across_stores() {
+        for order in [ClaimOrder::ReadFirst, ClaimOrder::InsertFirst] {
+            with_store(|store, _| async move {
+                let store = Arc::unwrap_or_clone(store).with_claim_order(order);
+                let a = Arc::new(store.clone().with_coalescing(true));
+                let b = Arc::new(store.with_coalescing(true));
+                support::coalesce::each_body_runs_once_across_stores(a, b).await;
+            })
+            .await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelled_completes_break_nothing() {
+        with_store(|store, _| async move {
+            let store = Arc::unwrap_or_clone(store).with_coalescing(true);
+            support::coalesce::cancelled_completes_break_nothing(Arc::new(store)).await;
         })
         .await;
     }
