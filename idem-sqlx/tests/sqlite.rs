@@ -626,14 +626,7 @@ async fn odd_expires_at_values() {
 mod coalescing {
     use super::*;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn each_body_runs_once() {
-        with_store(|store, _| async move {
-            let store = Arc::unwrap_or_clone(store).with_coalescing(true);
-            support::coalesce::each_body_runs_once(Arc::new(store)).await;
-        })
-        .await;
-    }
+    support::coalesce::coalescing_tests!(, _);
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn batches_send_fewer_statements() {
@@ -654,6 +647,7 @@ mod coalescing {
     /// record. A single call never reads the token (its fence compares it in SQL), so the
     /// key is in progress for a claim and lost for a complete, and every other key is
     /// untouched. In a batch the same row must not fail the batch's other keys.
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_corrupt_token_fails_only_its_own_key() {
         with_store(|store, _| async move {
@@ -759,6 +753,7 @@ mod coalescing {
     /// of the record is odd (here a `fingerprint` that is not a blob, which the completion
     /// does not write): a single call answers `Ok`. So must a batch that also holds a
     /// complete with a lost lease (which makes it read the rows back).
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_done_complete_is_done_whatever_else_the_row_holds() {
         with_store(|store, _| async move {
@@ -824,132 +819,6 @@ mod coalescing {
                 matches!(batched[..], [Ok(()), Err(StoreError::LeaseLost)]),
                 "a batch of the same completes: {batched:?}"
             );
-        })
-        .await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn cancelled_claims_leave_nothing_behind() {
-        with_store(|store, _| async move {
-            let store = Arc::unwrap_or_clone(store).with_coalescing(true);
-            support::coalesce::cancelled_claims_leave_nothing_behind(Arc::new(store)).await;
-        })
-        .await;
-    }
-
-    /// The differential check: random rounds of claims, completes and releases on a store
-    /// without coalescing and on one with (each claim order), every answer compared.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn same_answers_as_single_calls() {
-        let orders = [
-            (1, ClaimOrder::ReadFirst),
-            (2, ClaimOrder::InsertFirst),
-            (3, ClaimOrder::Learned),
-        ];
-        for (seed, order) in orders {
-            with_store(|store, _| async move {
-                let store = Arc::unwrap_or_clone(store);
-                let plain = store
-                    .clone()
-                    .with_table(&support::unique_table("idem_plain"))
-                    .unwrap();
-                plain.migrate().await.unwrap();
-                let coalesced = store
-                    .with_table(&support::unique_table("idem_coalesced"))
-                    .unwrap()
-                    .with_claim_order(order)
-                    .with_coalescing(true);
-                coalesced.migrate().await.unwrap();
-                support::coalesce::same_answers_as_single_calls(
-                    Arc::new(plain),
-                    Arc::new(coalesced),
-                    seed,
-                    40,
-                    24,
-                )
-                .await;
-            })
-            .await;
-        }
-    }
-
-    /// The differential check with rounds of ~1500 calls: more than one batch takes (512).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn same_answers_as_single_calls_in_large_batches() {
-        let orders = [
-            (11, ClaimOrder::ReadFirst),
-            (12, ClaimOrder::InsertFirst),
-            (13, ClaimOrder::Learned),
-        ];
-        for (seed, order) in orders {
-            with_store(|store, _| async move {
-                let store = Arc::unwrap_or_clone(store);
-                let plain = store
-                    .clone()
-                    .with_table(&support::unique_table("idem_plain"))
-                    .unwrap();
-                plain.migrate().await.unwrap();
-                let coalesced = store
-                    .with_table(&support::unique_table("idem_coalesced"))
-                    .unwrap()
-                    .with_claim_order(order)
-                    .with_coalescing(true);
-                coalesced.migrate().await.unwrap();
-                support::coalesce::same_answers_as_single_calls(
-                    Arc::new(plain),
-                    Arc::new(coalesced),
-                    seed,
-                    2,
-                    3000,
-                )
-                .await;
-            })
-            .await;
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_failing_batch_fails_each_caller() {
-        with_store(|store, _| async move {
-            let store = Arc::new(Arc::unwrap_or_clone(store).with_coalescing(true));
-            let rename = |from: &str, to: &str| {
-                let (pool, sql) = (
-                    store.pool().clone(),
-                    format!("ALTER TABLE {from} RENAME TO {to}"),
-                );
-                async move {
-                    exec(&pool, sql).await;
-                }
-            };
-            let (table, gone) = (store.table().to_owned(), "idem_records_gone".to_owned());
-            support::coalesce::a_failing_batch_fails_each_caller(
-                store.clone(),
-                rename(&table, &gone),
-                rename(&gone, &table),
-            )
-            .await;
-        })
-        .await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn each_body_runs_once_across_stores() {
-        for order in [ClaimOrder::ReadFirst, ClaimOrder::InsertFirst] {
-            with_store(|store, _| async move {
-                let store = Arc::unwrap_or_clone(store).with_claim_order(order);
-                let a = Arc::new(store.clone().with_coalescing(true));
-                let b = Arc::new(store.with_coalescing(true));
-                support::coalesce::each_body_runs_once_across_stores(a, b).await;
-            })
-            .await;
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn cancelled_completes_break_nothing() {
-        with_store(|store, _| async move {
-            let store = Arc::unwrap_or_clone(store).with_coalescing(true);
-            support::coalesce::cancelled_completes_break_nothing(Arc::new(store)).await;
         })
         .await;
     }

@@ -725,3 +725,135 @@ pub async fn cancelled_completes_break_nothing<S: Store + 'static>(store: Arc<S>
     );
     println!("{dropped} of {CALLS} completes dropped, none broke another");
 }
+
+/// The coalescing tests every backend runs, as test functions in the calling module. The
+/// test file provides `with_store` and `exec(&pool, sql)`; the argument is what follows
+/// the store among `with_store`'s closure parameters (nothing, or `, _db`).
+macro_rules! coalescing_tests {
+    ($($extra:tt)*) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn each_body_runs_once() {
+            with_store(|store $($extra)*| async move {
+                let store = Arc::unwrap_or_clone(store).with_coalescing(true);
+                support::coalesce::each_body_runs_once(Arc::new(store)).await;
+            })
+            .await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn cancelled_claims_leave_nothing_behind() {
+            with_store(|store $($extra)*| async move {
+                let store = Arc::unwrap_or_clone(store).with_coalescing(true);
+                support::coalesce::cancelled_claims_leave_nothing_behind(Arc::new(store)).await;
+            })
+            .await;
+        }
+
+        /// The differential check: random rounds of claims, completes and releases on a store
+        /// without coalescing and on one with (each claim order), every answer compared.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn same_answers_as_single_calls() {
+            let orders = [
+                (1, ClaimOrder::ReadFirst),
+                (2, ClaimOrder::InsertFirst),
+                (3, ClaimOrder::Learned),
+            ];
+            for (seed, order) in orders {
+                with_store(|plain $($extra)*| async move {
+                    with_store(|coalesced $($extra)*| async move {
+                        let coalesced = Arc::unwrap_or_clone(coalesced)
+                            .with_claim_order(order)
+                            .with_coalescing(true);
+                        support::coalesce::same_answers_as_single_calls(
+                            plain,
+                            Arc::new(coalesced),
+                            seed,
+                            40,
+                            24,
+                        )
+                        .await;
+                    })
+                    .await;
+                })
+                .await;
+            }
+        }
+
+        /// The differential check with rounds of ~1500 calls: more than one batch takes (512).
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn same_answers_as_single_calls_in_large_batches() {
+            let orders = [
+                (11, ClaimOrder::ReadFirst),
+                (12, ClaimOrder::InsertFirst),
+                (13, ClaimOrder::Learned),
+            ];
+            for (seed, order) in orders {
+                with_store(|plain $($extra)*| async move {
+                    with_store(|coalesced $($extra)*| async move {
+                        let coalesced = Arc::unwrap_or_clone(coalesced)
+                            .with_claim_order(order)
+                            .with_coalescing(true);
+                        support::coalesce::same_answers_as_single_calls(
+                            plain,
+                            Arc::new(coalesced),
+                            seed,
+                            2,
+                            3000,
+                        )
+                        .await;
+                    })
+                    .await;
+                })
+                .await;
+            }
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_failing_batch_fails_each_caller() {
+            with_store(|store $($extra)*| async move {
+                let store = Arc::new(Arc::unwrap_or_clone(store).with_coalescing(true));
+                let rename = |from: &str, to: &str| {
+                    let (pool, sql) = (
+                        store.pool().clone(),
+                        format!("ALTER TABLE {from} RENAME TO {to}"),
+                    );
+                    async move {
+                        exec(&pool, sql).await;
+                    }
+                };
+                let table = store.table().to_owned();
+                let gone = format!("{table}_gone");
+                support::coalesce::a_failing_batch_fails_each_caller(
+                    store.clone(),
+                    rename(&table, &gone),
+                    rename(&gone, &table),
+                )
+                .await;
+            })
+            .await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn each_body_runs_once_across_stores() {
+            for order in [ClaimOrder::ReadFirst, ClaimOrder::InsertFirst] {
+                with_store(|store $($extra)*| async move {
+                    let store = Arc::unwrap_or_clone(store).with_claim_order(order);
+                    let a = Arc::new(store.clone().with_coalescing(true));
+                    let b = Arc::new(store.with_coalescing(true));
+                    support::coalesce::each_body_runs_once_across_stores(a, b).await;
+                })
+                .await;
+            }
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn cancelled_completes_break_nothing() {
+            with_store(|store $($extra)*| async move {
+                let store = Arc::unwrap_or_clone(store).with_coalescing(true);
+                support::coalesce::cancelled_completes_break_nothing(Arc::new(store)).await;
+            })
+            .await;
+        }
+    };
+}
+pub(crate) use coalescing_tests;
