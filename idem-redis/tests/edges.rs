@@ -12,7 +12,7 @@ use idem::store::{Claim, Outcome, Output, Token};
 use idem::{Fingerprint, Key, Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{Server, connect_retrying, free_port};
+use support::{Server, free_port};
 
 const LONG: Duration = Duration::from_secs(600);
 
@@ -477,18 +477,14 @@ async fn flush(admin: &mut redis::aio::MultiplexedConnection) {
 /// every operation: each fenced operation still works, reloading its script.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forgotten_scripts_are_reloaded() {
-    if !support::have_redis_server() {
+    let Some(support::Owned {
+        store,
+        mut admin,
+        server: _server,
+    }) = support::own_server(&[]).await
+    else {
         return;
-    }
-    let port = free_port();
-    let url = format!("redis://127.0.0.1:{port}");
-    let _server = Server::start(port).expect("start redis-server");
-    let store = connect_retrying(&url).await;
-    let mut admin = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    };
     let fp = Fingerprint::from_bytes([6; 32]);
     for round in 0..3u64 {
         let key = Key::new("edges-noscript", &round).unwrap();
@@ -597,44 +593,20 @@ async fn mismatch_on_both_paths() {
     assert_eq!(side.available_permits(), 0, "a duplicate ran the body");
 }
 
-/// A `redis-server` child on `port` started with `args` (no persistence), killed when
-/// dropped.
-struct Configured(std::process::Child);
-
-impl Configured {
-    fn start(port: u16, args: &[&str]) -> Configured {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        Configured(child)
-    }
-}
-
-impl Drop for Configured {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A server whose `proto-max-bulk-len` is below idem's 64 MiB: the store's
 /// `max_output_len` must be what that server accepts (the contract: "stores with a
 /// server-side limit learn it from the server"), so the conformance check of the largest
 /// output holds — and an output the server would refuse never reaches it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_output_len_follows_the_server() {
-    if !support::have_redis_server() {
+    let Some(support::Owned {
+        store,
+        server: _server,
+        ..
+    }) = support::own_server(&["--proto-max-bulk-len", "1mb"]).await
+    else {
         return;
-    }
-    let port = free_port();
-    let url = format!("redis://127.0.0.1:{port}");
-    let _server = Configured::start(port, &["--proto-max-bulk-len", "1mb"]);
-    let store = connect_retrying(&url).await;
+    };
     assert_eq!(
         store.max_output_len(),
         1 << 20,
@@ -711,7 +683,7 @@ async fn a_claim_resent_after_its_reply_was_lost_owns_the_key() {
     let proxy = reply_dropping_proxy(port, armed.clone());
     let dir = std::env::temp_dir().join(support::unique_prefix("resend").replace(':', "_"));
     std::fs::create_dir_all(&dir).unwrap();
-    let _server = Configured::start(
+    let _server = Server::start_with(
         port,
         &[
             "--cluster-enabled",
@@ -725,7 +697,8 @@ async fn a_claim_resent_after_its_reply_was_lost_owns_the_key() {
             "--dir",
             dir.to_str().unwrap(),
         ],
-    );
+    )
+    .expect("start redis-server");
     let url = format!("redis://127.0.0.1:{port}");
     let mut admin = loop {
         if let Ok(c) = redis::Client::open(url.as_str())

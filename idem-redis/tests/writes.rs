@@ -9,7 +9,6 @@ use idem::redis::redis;
 use idem::store::{Claim, Outcome, Output};
 use idem::{Fingerprint, Key, Store};
 use std::time::Duration;
-use support::{Server, connect_retrying, free_port};
 
 async fn changes(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
     let info: String = redis::cmd("INFO")
@@ -25,18 +24,14 @@ async fn changes(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_and_busy_reports_do_not_write() {
-    if !support::have_redis_server() {
+    let Some(support::Owned {
+        store,
+        mut admin,
+        server: _server,
+    }) = support::own_server(&[]).await
+    else {
         return;
-    }
-    let port = free_port();
-    let url = format!("redis://127.0.0.1:{port}");
-    let _server = Server::start(port).expect("start redis-server");
-    let store = connect_retrying(&url).await;
-    let mut admin = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    };
     let long = Duration::from_secs(600);
     let fp = Fingerprint::from_bytes([1; 32]);
 

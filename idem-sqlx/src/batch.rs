@@ -4,12 +4,13 @@
 
 use idem_core::store::{Claim, Output, Token};
 use idem_core::{Key, StoreError};
+use sqlx::{ColumnIndex, Database, Decode, Row, Type};
 use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::claim::{CLAIM_ATTEMPTS, NewClaim};
 use crate::columns::{COMPLETED, outcome_code};
-use crate::dialect::Conn;
+use crate::dialect::{Conn, Dialect};
 use crate::error::backend;
 use crate::found::Found;
 use crate::store::{Common, SqlStore};
@@ -28,6 +29,30 @@ pub struct BatchRow {
     pub(crate) state: Option<i64>,
     /// The record; a corrupt row is an error for its key only.
     pub(crate) found: Result<Found, StoreError>,
+}
+
+impl BatchRow {
+    /// The rows a dialect's batch read returned (`key_digest`, `token`, `state` and the
+    /// record's columns).
+    pub(crate) fn all<D: Dialect>(
+        rows: &[<D::Database as Database>::Row],
+    ) -> Result<Vec<BatchRow>, sqlx::Error>
+    where
+        for<'r> Vec<u8>: Decode<'r, D::Database> + Type<D::Database>,
+        for<'r> i64: Decode<'r, D::Database> + Type<D::Database>,
+        for<'s> &'s str: ColumnIndex<<D::Database as Database>::Row>,
+    {
+        rows.iter()
+            .map(|row| {
+                Ok(BatchRow {
+                    digest: row.try_get("key_digest")?,
+                    token: row.try_get("token").ok(),
+                    state: row.try_get("state").ok(),
+                    found: D::found(row),
+                })
+            })
+            .collect()
+    }
 }
 
 /// One completion of a batch, as its statement binds it.

@@ -309,16 +309,7 @@ impl Dialect for PgDialect {
             .bind(digests)
             .fetch_all(conn)
             .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(BatchRow {
-                    digest: row.try_get("key_digest")?,
-                    token: row.try_get("token").ok(),
-                    state: row.try_get("state").ok(),
-                    found: Self::found(row),
-                })
-            })
-            .collect()
+        BatchRow::all::<Self>(&rows)
     }
 
     async fn complete_batch(

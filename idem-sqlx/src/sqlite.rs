@@ -347,16 +347,7 @@ impl Dialect for SqliteDialect {
             query = query.bind(*digest);
         }
         let rows = query.fetch_all(conn).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(BatchRow {
-                    digest: row.try_get("key_digest")?,
-                    token: row.try_get("token").ok(),
-                    state: row.try_get("state").ok(),
-                    found: Self::found(row),
-                })
-            })
-            .collect()
+        BatchRow::all::<Self>(&rows)
     }
 
     /// One `UPDATE … FROM` the batch's rows (a `VALUES` list).

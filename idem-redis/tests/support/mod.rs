@@ -94,9 +94,15 @@ pub(crate) struct Server(Child);
 
 impl Server {
     pub(crate) fn start(port: u16) -> std::io::Result<Server> {
+        Server::start_with(port, &[])
+    }
+
+    /// Started with `args` besides the defaults (`--proto-max-bulk-len 1mb`, say).
+    pub(crate) fn start_with(port: u16, args: &[&str]) -> std::io::Result<Server> {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
@@ -121,6 +127,35 @@ impl Drop for Server {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A test-owned server (started with `args`), a store connected to it and a connection
+/// for the test's own commands; `None` (skipped) without a `redis-server` binary. Bind
+/// `server` for as long as the test uses the store: dropping it stops the server.
+pub(crate) struct Owned {
+    pub(crate) store: RedisStore,
+    pub(crate) admin: redis::aio::MultiplexedConnection,
+    pub(crate) server: Server,
+}
+
+pub(crate) async fn own_server(args: &[&str]) -> Option<Owned> {
+    if !have_redis_server() {
+        return None;
+    }
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let server = Server::start_with(port, args).expect("start redis-server");
+    let store = connect_retrying(&url).await;
+    let admin = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    Some(Owned {
+        store,
+        admin,
+        server,
+    })
 }
 
 pub(crate) fn free_port() -> u16 {

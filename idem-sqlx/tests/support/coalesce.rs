@@ -749,16 +749,16 @@ macro_rules! coalescing_tests {
             .await;
         }
 
-        /// The differential check: random rounds of claims, completes and releases on a store
-        /// without coalescing and on one with (each claim order), every answer compared.
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn same_answers_as_single_calls() {
+        /// The differential check: random rounds of claims, completes and releases on a
+        /// store without coalescing and on one with (each claim order, its own seed),
+        /// every answer compared.
+        async fn differential(seeds: [u64; 3], rounds: usize, calls: usize) {
             let orders = [
-                (1, ClaimOrder::ReadFirst),
-                (2, ClaimOrder::InsertFirst),
-                (3, ClaimOrder::Learned),
+                ClaimOrder::ReadFirst,
+                ClaimOrder::InsertFirst,
+                ClaimOrder::Learned,
             ];
-            for (seed, order) in orders {
+            for (seed, order) in seeds.into_iter().zip(orders) {
                 with_store(|plain $($extra)*| async move {
                     with_store(|coalesced $($extra)*| async move {
                         let coalesced = Arc::unwrap_or_clone(coalesced)
@@ -768,8 +768,8 @@ macro_rules! coalescing_tests {
                             plain,
                             Arc::new(coalesced),
                             seed,
-                            40,
-                            24,
+                            rounds,
+                            calls,
                         )
                         .await;
                     })
@@ -779,33 +779,15 @@ macro_rules! coalescing_tests {
             }
         }
 
-        /// The differential check with rounds of ~1500 calls: more than one batch takes (512).
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn same_answers_as_single_calls() {
+            differential([1, 2, 3], 40, 24).await;
+        }
+
+        /// Rounds of ~1500 calls: more than one batch takes (512).
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn same_answers_as_single_calls_in_large_batches() {
-            let orders = [
-                (11, ClaimOrder::ReadFirst),
-                (12, ClaimOrder::InsertFirst),
-                (13, ClaimOrder::Learned),
-            ];
-            for (seed, order) in orders {
-                with_store(|plain $($extra)*| async move {
-                    with_store(|coalesced $($extra)*| async move {
-                        let coalesced = Arc::unwrap_or_clone(coalesced)
-                            .with_claim_order(order)
-                            .with_coalescing(true);
-                        support::coalesce::same_answers_as_single_calls(
-                            plain,
-                            Arc::new(coalesced),
-                            seed,
-                            2,
-                            3000,
-                        )
-                        .await;
-                    })
-                    .await;
-                })
-                .await;
-            }
+            differential([11, 12, 13], 2, 3000).await;
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
