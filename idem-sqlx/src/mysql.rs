@@ -296,22 +296,8 @@ impl Dialect for MySqlDialect {
         conn: &mut MySqlConnection,
         digests: &[&[u8]],
     ) -> Result<Vec<BatchRow>, sqlx::Error> {
-        let list = batch::repeat("?", batch::rows_for(digests.len()), ", ");
-        let sql = Self::sql(
-            &store.table,
-            &concat!(
-                "SELECT key_digest, token, ",
-                read_columns!(),
-                " FROM {t} WHERE key_digest IN ({list})"
-            )
-            .replace("{list}", &list),
-        );
-        let mut query = sqlx::query(sql);
-        for digest in batch::padded(digests) {
-            query = query.bind(*digest);
-        }
-        let rows = query.fetch_all(conn).await?;
-        BatchRow::all::<Self>(&rows)
+        let columns = concat!("key_digest, token, ", read_columns!());
+        Self::read_in(store, conn, columns, digests).await
     }
 
     /// One `UPDATE` joined with the batch's rows (MySQL has no `UPDATE … FROM` and no

@@ -5,11 +5,12 @@ use async_trait::async_trait;
 use idem_core::store::{Claim, Output, Token};
 use idem_core::{Error, Fingerprint, Key, Store, StoreError, TxStore};
 use sqlx::pool::PoolConnection;
-use sqlx::{Database, Encode, Executor, Pool, SqlStr, Transaction, Type};
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, Pool, SqlStr, Transaction, Type};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::batch::{self, BatchRow};
 use crate::cancel::{self, ClaimConnection};
 use crate::claim::{CLAIM_ATTEMPTS, NewClaim};
 use crate::coalesce::{self, Coalescer, MAX_BATCHED_OUTPUT};
@@ -196,6 +197,16 @@ pub trait Common: Dialect {
 
     /// One batch of the purge: how many expired rows it deleted.
     fn purge_batch(store: &SqlStore<Self>) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The batch read of the dialects without array parameters (MySQL, SQLite): `columns`
+    /// (the key's digest, its token and the record's) of `digests`' rows, by `key_digest
+    /// IN (?, …)` with as many placeholders as [`batch::rows_for`] its digests.
+    fn read_in(
+        store: &SqlStore<Self>,
+        conn: &mut Conn<Self>,
+        columns: &str,
+        digests: &[&[u8]],
+    ) -> impl Future<Output = Result<Vec<BatchRow>, sqlx::Error>> + Send;
 }
 
 impl<D: Dialect> Common for D
@@ -205,6 +216,9 @@ where
     for<'q> &'q [u8]: Encode<'q, D::Database> + Type<D::Database>,
     for<'q> i64: Encode<'q, D::Database> + Type<D::Database>,
     for<'q> i16: Encode<'q, D::Database> + Type<D::Database>,
+    for<'r> Vec<u8>: Decode<'r, D::Database> + Type<D::Database>,
+    for<'r> i64: Decode<'r, D::Database>,
+    for<'s> &'s str: ColumnIndex<<D::Database as Database>::Row>,
 {
     async fn read(
         conn: &mut Conn<D>,
@@ -323,6 +337,23 @@ where
                 Err(e) => return Err(backend("purge")(e)),
             }
         }
+    }
+
+    #[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
+    async fn read_in(
+        store: &SqlStore<D>,
+        conn: &mut Conn<D>,
+        columns: &str,
+        digests: &[&[u8]],
+    ) -> Result<Vec<BatchRow>, sqlx::Error> {
+        let list = batch::repeat("?", batch::rows_for(digests.len()), ", ");
+        let sql = format!("SELECT {columns} FROM {{t}} WHERE key_digest IN ({list})");
+        let mut query = sqlx::query(D::sql(&store.table, &sql));
+        for digest in batch::padded(digests) {
+            query = query.bind(*digest);
+        }
+        let rows = query.fetch_all(conn).await?;
+        BatchRow::all::<D>(&rows)
     }
 }
 
