@@ -31,7 +31,7 @@ pub(crate) struct Prepared {
 
 static TOKENS: AtomicI64 = AtomicI64::new(1);
 
-fn prepare(req: &Transfer) -> Prepared {
+pub(crate) fn prepare(req: &Transfer) -> Prepared {
     let mut h = Sha256::new();
     h.update(NAMESPACE.as_bytes());
     h.update(req.user_id.to_le_bytes());
@@ -152,6 +152,18 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     ) -> impl Future<Output = Option<(Vec<u8>, Vec<u8>)>> + Send {
         let _ = (base, p);
         async { unreachable!("the claim CTE is PostgreSQL's") }
+    }
+
+    /// `rounds` batches of `batch` fresh keys through the statements a coalesced store
+    /// sends, by hand (`batched.rs`), on one connection of `pool` in `table`; `false` where
+    /// none are written (only PostgreSQL's are).
+    fn batches_by_hand(
+        pool: &Pool<Self::Db>,
+        table: &str,
+        (rounds, batch): (usize, usize),
+    ) -> impl Future<Output = bool> + Send {
+        let _ = (pool, table, rounds, batch);
+        async { false }
     }
 }
 

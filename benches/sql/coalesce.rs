@@ -18,6 +18,7 @@ use crate::support::paired;
 use crate::support::payload::{Transfer, fresh_requests};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput};
+use std::future::Future;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
@@ -27,6 +28,9 @@ const CALLERS: u64 = 256;
 /// Interleaved rounds of the latency measurement, and the time each side gets per round.
 const ROUNDS: usize = 8;
 const ROUND_SIDE: Duration = Duration::from_millis(600);
+/// The ceiling's connections, and the keys of each of their batches.
+const BY_HAND: usize = 2;
+pub(crate) const BATCH: usize = 128;
 
 /// What the callers call with.
 #[derive(Clone, Copy, PartialEq)]
@@ -82,6 +86,60 @@ pub(crate) fn bench<P: Protocol>(
             );
         }
     }
+}
+
+/// Fresh keys, coalesced ([`CALLERS`] callers), against the same statements by hand
+/// (`batched.rs`: [`BY_HAND`] connections, each sending a batch of claims then its batch
+/// of completes, [`BATCH`] keys each — the two statements and about the batch size that
+/// 256 callers keep in flight), each side in a new table of its own and writing as many
+/// keys per round as the other (a table's size changes what a key costs), interleaved in
+/// [`ROUNDS`] rounds: keys/s (medians) printed to stderr. `by_hand(rounds)` runs one
+/// connection's rounds, and is `false` where the backend has none written.
+pub(crate) fn ceiling<P: Protocol, F: Future<Output = bool>>(
+    rt: &Runtime,
+    backend: &str,
+    coalesced: &P,
+    by_hand: impl Fn(usize) -> F,
+) {
+    let label = format!("{backend}/coalesce_ceiling");
+    if !paired::wanted(&label) {
+        return;
+    }
+    // Per round and side: 40 × 256 keys.
+    let (per_task, rounds) = (40, 40 * CALLERS as usize / (BY_HAND * BATCH));
+    let hand = || async {
+        let start = Instant::now();
+        let done = futures_util::future::join_all((0..BY_HAND).map(|_| by_hand(rounds))).await;
+        let keys = (BY_HAND * rounds * BATCH) as f64;
+        done.into_iter()
+            .all(|d| d)
+            .then(|| keys / start.elapsed().as_secs_f64())
+    };
+    let mut rates: [Vec<f64>; 2] = Default::default();
+    for round in 0..ROUNDS {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for side in order {
+            let rate = if side == 0 {
+                let ((time, _), calls) = run(rt, coalesced, Keys::Fresh, per_task, &[], false);
+                calls as f64 / time.as_secs_f64()
+            } else {
+                let Some(rate) = rt.block_on(hand()) else {
+                    return;
+                };
+                rate
+            };
+            rates[side].push(rate);
+        }
+    }
+    let [a, b] = rates.map(|mut r| {
+        r.sort_by(f64::total_cmp);
+        r[r.len() / 2]
+    });
+    eprintln!(
+        "coalesce {label:<28} coalesced {a:>8.0} keys/s  by hand ({BY_HAND} × {BATCH}-key \
+         batches) {b:>8.0} keys/s  ratio {:.2} ({ROUNDS} rounds)",
+        a / b
+    );
 }
 
 fn bench_one<P: Protocol>(

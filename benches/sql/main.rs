@@ -38,6 +38,7 @@
 mod support;
 
 mod baseline;
+mod batched;
 mod coalesce;
 mod mysql;
 mod postgres;
@@ -186,6 +187,15 @@ fn bench_backend<D: Dialect, I: Idem<Db = D::Db>>(
         (per_call, coalesced.coalesced())
     });
     coalesce::bench(c, backend, rt, (&per_call, &coalesced));
+    // Coalescing against its statements by hand, each in a new table.
+    let (by_hand, coalesced) = (format!("{table}_bh"), format!("{table}_cc"));
+    let coalesced = rt.block_on(async {
+        I::migrated(pool.clone(), &by_hand).await;
+        I::migrated(pool.clone(), &coalesced).await.coalesced()
+    });
+    coalesce::ceiling(rt, backend, &coalesced, |rounds| {
+        D::batches_by_hand(pool, &by_hand, (rounds, coalesce::BATCH))
+    });
 
     let base = ("baseline", &baseline);
     for (group, mode) in Mode::GROUPS {
@@ -270,7 +280,7 @@ fn bench_server<D: Dialect, I: Idem<Db = D::Db>>(
     let base_table = format!("{table}_base");
     bench_backend::<D, I>(c, backend, &rt, &pool, [&table, &base_table]);
     rt.block_on(async {
-        let coalesce_tables = [format!("{table}_pc"), format!("{table}_co")];
+        let coalesce_tables = ["pc", "co", "bh", "cc"].map(|side| format!("{table}_{side}"));
         for t in [&table, &base_table].into_iter().chain(&coalesce_tables) {
             sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
                 .execute(&pool)

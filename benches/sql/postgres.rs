@@ -74,6 +74,15 @@ impl Dialect for PgSql {
         row.get("live")
     }
 
+    async fn batches_by_hand(
+        pool: &sqlx::Pool<Postgres>,
+        table: &str,
+        rounds_batch: (usize, usize),
+    ) -> bool {
+        crate::batched::run(pool, table, rounds_batch).await;
+        true
+    }
+
     async fn claim_cte(base: &Baseline<Self>, p: &Prepared) -> Option<(Vec<u8>, Vec<u8>)> {
         let claim = base.sql.claim_cte.clone().expect("the claim CTE");
         let row = sqlx::query(claim)
