@@ -76,6 +76,37 @@ impl<'a> Completion<'a> {
     }
 }
 
+/// What a row of a batch of completes costs a statement besides its output: its digest,
+/// token, outcome and TTL, and their framing.
+const COMPLETION_OVERHEAD: usize = 128;
+
+/// `items` in runs (of one item at least) whose rows add up to at most `budget` bytes, each
+/// run one statement: a batch of completes carries every caller's output, and MySQL refuses
+/// a statement larger than its `max_allowed_packet`.
+pub(crate) fn runs<'i, 'a>(
+    items: &'i [Completion<'a>],
+    budget: usize,
+) -> impl Iterator<Item = &'i [Completion<'a>]> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut size = 0;
+        let n = rest
+            .iter()
+            .take_while(|c| {
+                size += c.bytes.len() + COMPLETION_OVERHEAD;
+                size <= budget
+            })
+            .count()
+            .max(1);
+        let (run, tail) = rest.split_at(n);
+        rest = tail;
+        Some(run)
+    })
+}
+
 /// How many rows a multi-row statement for `n` items has: the next power of two, so that
 /// a connection prepares (and its statement cache keeps) a few statements, not one per
 /// batch size.
@@ -248,4 +279,45 @@ pub(crate) async fn completes<D: Common>(
 /// `Clone`; the message is kept).
 pub(crate) fn shared_error(op: &'static str, error: &sqlx::Error) -> StoreError {
     backend(op)(sqlx::Error::Protocol(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn completions(sizes: &[usize]) -> Vec<Vec<u8>> {
+        sizes.iter().map(|&n| vec![0; n]).collect()
+    }
+
+    fn run_lengths(outputs: &[Vec<u8>], budget: usize) -> Vec<usize> {
+        let items: Vec<Completion<'_>> = outputs
+            .iter()
+            .map(|bytes| Completion {
+                bytes,
+                ..NO_COMPLETION
+            })
+            .collect();
+        let runs: Vec<usize> = runs(&items, budget).map(<[_]>::len).collect();
+        assert_eq!(runs.iter().sum::<usize>(), items.len(), "every item, once");
+        runs
+    }
+
+    #[test]
+    fn runs_stay_within_the_budget() {
+        let row = |n: usize| n + COMPLETION_OVERHEAD;
+        // 16 KiB outputs in a 1 MiB packet's budget: 31 per run.
+        let outputs = completions(&[16 * 1024; 100]);
+        let budget = 512 * 1024;
+        assert_eq!(run_lengths(&outputs, budget), [31, 31, 31, 7]);
+        assert!(31 * row(16 * 1024) <= budget && 32 * row(16 * 1024) > budget);
+        // Small outputs: one run.
+        assert_eq!(run_lengths(&completions(&[42; 512]), budget), [512]);
+    }
+
+    #[test]
+    fn an_item_over_the_budget_runs_alone() {
+        let outputs = completions(&[10, 5_000, 10, 10]);
+        assert_eq!(run_lengths(&outputs, 1_000), [1, 1, 2]);
+        assert!(run_lengths(&[], 1_000).is_empty());
+    }
 }

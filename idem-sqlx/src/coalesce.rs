@@ -26,8 +26,8 @@ const IN_FLIGHT: usize = 1;
 /// The most calls one batch takes; more wait for the next.
 const MAX_BATCH: usize = 512;
 
-/// The largest output a coalesced `complete` takes; larger ones run their own statement,
-/// so that a batch stays well inside MySQL's `max_allowed_packet` (16 MiB on MariaDB).
+/// The largest output a coalesced `complete` takes; larger ones run their own statement.
+/// (A batch is also cut to fit MySQL's `max_allowed_packet`: `batch::runs`.)
 pub(crate) const MAX_BATCHED_OUTPUT: usize = 16 * 1024;
 
 /// A store's two queues, shared by its clones.
@@ -422,13 +422,20 @@ impl Job for CompleteJob {
                 )
                 .await,
             ],
-            _ => match batch::completes(store, &mut conn, &items).await {
-                Ok(done) => done,
-                Err(e) => items
-                    .iter()
-                    .map(|_| Err(shared_error("complete", &e)))
-                    .collect(),
-            },
+            _ => {
+                // Half what a statement may carry: the rest is room for the statement.
+                let budget = store.dialect.max_output_len() / 2;
+                let mut done = Vec::with_capacity(items.len());
+                for run in batch::runs(&items, budget) {
+                    match batch::completes(store, &mut conn, run).await {
+                        Ok(run) => done.extend(run),
+                        Err(e) => {
+                            done.extend(run.iter().map(|_| Err(shared_error("complete", &e))))
+                        }
+                    }
+                }
+                done
+            }
         };
         drop(items);
         for (job, done) in batched.into_iter().zip(done) {

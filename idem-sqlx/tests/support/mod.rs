@@ -6,6 +6,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod coalesce;
+#[cfg(feature = "mysql")]
+pub mod mariadb;
 
 use std::io::Write;
 use std::sync::Once;
