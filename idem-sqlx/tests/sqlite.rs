@@ -403,16 +403,6 @@ async fn stores_on_separate_pools_share_records() {
     .await;
 }
 
-/// A store call's future is small (sqlx's ~8.6 KB `acquire` future is boxed), coalesced or not.
-#[tokio::test]
-async fn calls_stay_small() {
-    with_store(|store, _db| async move {
-        support::calls_stay_small(&*store);
-        support::calls_stay_small(&(*store).clone().with_coalescing(true));
-    })
-    .await;
-}
-
 /// Item 5 of issue 8: a retry of `complete` after a lost reply is `Ok`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn complete_is_idempotent_for_its_owner() {

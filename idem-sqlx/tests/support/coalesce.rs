@@ -731,6 +731,17 @@ pub async fn cancelled_completes_break_nothing<S: Store + 'static>(store: Arc<S>
 /// the store among `with_store`'s closure parameters (nothing, or `, _db`).
 macro_rules! coalescing_tests {
     ($($extra:tt)*) => {
+        /// A store call's future is small (sqlx's ~8.6 KB `acquire` future is boxed),
+        /// coalesced or not.
+        #[tokio::test]
+        async fn calls_stay_small() {
+            with_store(|store $($extra)*| async move {
+                support::calls_stay_small(&*store);
+                support::calls_stay_small(&Arc::unwrap_or_clone(store).with_coalescing(true));
+            })
+            .await;
+        }
+
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn each_body_runs_once() {
             with_store(|store $($extra)*| async move {
