@@ -88,57 +88,91 @@ pub(crate) fn bench<P: Protocol>(
     }
 }
 
-/// Fresh keys, coalesced ([`CALLERS`] callers), against the same statements by hand
-/// (`batched.rs`: [`BY_HAND`] connections, each sending a batch of claims then its batch
-/// of completes, [`BATCH`] keys each — the two statements and about the batch size that
-/// 256 callers keep in flight), each side in a new table of its own and writing as many
-/// keys per round as the other (a table's size changes what a key costs), interleaved in
-/// [`ROUNDS`] rounds: keys/s (medians) printed to stderr. `by_hand(rounds)` runs one
-/// connection's rounds, and is `false` where the backend has none written.
-pub(crate) fn ceiling<P: Protocol, F: Future<Output = bool>>(
+/// Fresh keys four ways, each side in a new table of its own and writing as many keys per
+/// round as the others (a table's size changes what a key costs), interleaved in
+/// [`ROUNDS`] rounds: keys/s (medians) printed to stderr.
+///
+/// - `per_call` and `coalesced`: [`CALLERS`] callers through `#[idempotent]`;
+/// - `batched(rounds)`: `Idempotent::run_batch` of [`BATCH`] calls, `rounds` times, on
+///   each of [`BY_HAND`] pipelines at once;
+/// - `by_hand(rounds)`: the same batches' two statements written by hand (`batched.rs`),
+///   on as many connections — the ceiling: what the database takes for this work when the
+///   client costs next to nothing. `false` where the backend has none written.
+pub(crate) fn ceiling<P, B, H>(
     rt: &Runtime,
     backend: &str,
-    coalesced: &P,
-    by_hand: impl Fn(usize) -> F,
-) {
+    (per_call, coalesced): (&P, &P),
+    batched: impl Fn(usize) -> B,
+    by_hand: impl Fn(usize) -> H,
+) where
+    P: Protocol,
+    B: Future<Output = ()> + Send + 'static,
+    H: Future<Output = bool> + Send + 'static,
+{
+    // Each pipeline on a task of its own, as a consumer's batches would run.
+    let pipelines = |pipeline: &dyn Fn() -> tokio::task::JoinHandle<bool>| {
+        rt.block_on(async {
+            let tasks: Vec<_> = (0..BY_HAND).map(|_| pipeline()).collect();
+            let mut all = true;
+            for task in tasks {
+                all &= task.await.unwrap();
+            }
+            all
+        })
+    };
     let label = format!("{backend}/coalesce_ceiling");
     if !paired::wanted(&label) {
         return;
     }
     // Per round and side: 40 × 256 keys.
     let (per_task, rounds) = (40, 40 * CALLERS as usize / (BY_HAND * BATCH));
-    let hand = || async {
-        let start = Instant::now();
-        let done = futures_util::future::join_all((0..BY_HAND).map(|_| by_hand(rounds))).await;
-        let keys = (BY_HAND * rounds * BATCH) as f64;
-        done.into_iter()
-            .all(|d| d)
-            .then(|| keys / start.elapsed().as_secs_f64())
-    };
-    let mut rates: [Vec<f64>; 2] = Default::default();
+    let keys = (BY_HAND * rounds * BATCH) as f64;
+    let mut rates: [Vec<f64>; 4] = Default::default();
     for round in 0..ROUNDS {
-        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        let mut order = [0, 1, 2, 3];
+        if round % 2 == 1 {
+            order.reverse();
+        }
         for side in order {
-            let rate = if side == 0 {
-                let ((time, _), calls) = run(rt, coalesced, Keys::Fresh, per_task, &[], false);
-                calls as f64 / time.as_secs_f64()
-            } else {
-                let Some(rate) = rt.block_on(hand()) else {
-                    return;
-                };
-                rate
+            let start = Instant::now();
+            let rate = match side {
+                0 | 1 => {
+                    let p = [per_call, coalesced][side];
+                    let ((time, _), calls) = run(rt, p, Keys::Fresh, per_task, &[], false);
+                    calls as f64 / time.as_secs_f64()
+                }
+                2 => {
+                    pipelines(&|| {
+                        let batches = batched(rounds);
+                        rt.spawn(async move {
+                            batches.await;
+                            true
+                        })
+                    });
+                    keys / start.elapsed().as_secs_f64()
+                }
+                _ => {
+                    if !pipelines(&|| rt.spawn(by_hand(rounds))) {
+                        return;
+                    }
+                    keys / start.elapsed().as_secs_f64()
+                }
             };
             rates[side].push(rate);
         }
     }
-    let [a, b] = rates.map(|mut r| {
+    let [per_call, coalesced, batched, by_hand] = rates.map(|mut r| {
         r.sort_by(f64::total_cmp);
         r[r.len() / 2]
     });
     eprintln!(
-        "coalesce {label:<28} coalesced {a:>8.0} keys/s  by hand ({BY_HAND} × {BATCH}-key \
-         batches) {b:>8.0} keys/s  ratio {:.2} ({ROUNDS} rounds)",
-        a / b
+        "coalesce {label:<28} per_call {per_call:>8.0}  coalesced {coalesced:>8.0}  \
+         run_batch ({BY_HAND} × {BATCH}) {batched:>8.0}  by hand {by_hand:>8.0} keys/s  \
+         coalesced/per_call {:.2}  run_batch/per_call {:.2}  run_batch/by_hand {:.2} \
+         ({ROUNDS} rounds)",
+        coalesced / per_call,
+        batched / per_call,
+        batched / by_hand,
     );
 }
 

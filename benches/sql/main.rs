@@ -46,8 +46,9 @@ mod sqlite;
 
 use baseline::{Baseline, Dialect};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use idem::idempotent;
+use idem::protocol::Idempotent;
 use idem::sqlx::{MySqlStore, PgStore, SqliteStore};
+use idem::{Fingerprint, Key, Options, Store, idempotent};
 use mysql::MySqlSql;
 use postgres::PgSql;
 use sqlite::SqliteSql;
@@ -96,6 +97,32 @@ trait Idem: Protocol {
 
     /// The same store with claims and completes coalesced.
     fn coalesced(self) -> Self;
+
+    /// `rounds` batches of `size` fresh requests through `Idempotent::run_batch`.
+    fn batches(&self, rounds: usize, size: usize) -> impl Future<Output = ()> + Send;
+}
+
+/// The function `run_batch` runs in the benches: the transfer, with the macro's defaults.
+fn transfers() -> Idempotent<Receipt, idem::Error> {
+    Idempotent::new(Options::new("sql::transfer_batch"))
+}
+
+/// `rounds` batches of `size` fresh transfers through `run_batch` on `store`, each result
+/// checked.
+async fn batches<S: Store + ?Sized>(store: &S, rounds: usize, size: usize) {
+    let transfers = transfers();
+    for _ in 0..rounds {
+        let requests = fresh_requests(size as u64);
+        let calls = requests.iter().map(|req| {
+            let key = Key::scoped("sql::transfer_batch", &req.user_id, &*req.request_id).unwrap();
+            let fingerprint = Fingerprint::of(req).unwrap();
+            (key, fingerprint, async move { Ok(settle(req)) })
+        });
+        let results = transfers.run_batch(store, calls.collect()).await;
+        for (req, result) in requests.iter().zip(results) {
+            assert_eq!(result.unwrap(), settle(req));
+        }
+    }
 }
 
 macro_rules! idem_protocol {
@@ -123,6 +150,10 @@ macro_rules! idem_protocol {
 
             fn coalesced(self) -> Self {
                 $name(self.0.with_coalescing(true))
+            }
+
+            async fn batches(&self, rounds: usize, size: usize) {
+                batches(&self.0, rounds, size).await
             }
         }
     };
@@ -187,15 +218,30 @@ fn bench_backend<D: Dialect, I: Idem<Db = D::Db>>(
         (per_call, coalesced.coalesced())
     });
     coalesce::bench(c, backend, rt, (&per_call, &coalesced));
-    // Coalescing against its statements by hand, each in a new table.
-    let (by_hand, coalesced) = (format!("{table}_bh"), format!("{table}_cc"));
-    let coalesced = rt.block_on(async {
+    // Per call, coalesced, `run_batch` and the same statements by hand, each in a new table.
+    let [per_call, coalesced, batched, by_hand] =
+        ["cp", "cc", "cb", "bh"].map(|side| format!("{table}_{side}"));
+    let (per_call, coalesced, batched) = rt.block_on(async {
         I::migrated(pool.clone(), &by_hand).await;
-        I::migrated(pool.clone(), &coalesced).await.coalesced()
+        (
+            I::migrated(pool.clone(), &per_call).await,
+            I::migrated(pool.clone(), &coalesced).await.coalesced(),
+            I::migrated(pool.clone(), &batched).await,
+        )
     });
-    coalesce::ceiling(rt, backend, &coalesced, |rounds| {
-        D::batches_by_hand(pool, &by_hand, (rounds, coalesce::BATCH))
-    });
+    coalesce::ceiling(
+        rt,
+        backend,
+        (&per_call, &coalesced),
+        |rounds| {
+            let batched = batched.clone();
+            async move { batched.batches(rounds, coalesce::BATCH).await }
+        },
+        |rounds| {
+            let (pool, table) = (pool.clone(), by_hand.clone());
+            async move { D::batches_by_hand(&pool, &table, (rounds, coalesce::BATCH)).await }
+        },
+    );
 
     let base = ("baseline", &baseline);
     for (group, mode) in Mode::GROUPS {
@@ -280,7 +326,8 @@ fn bench_server<D: Dialect, I: Idem<Db = D::Db>>(
     let base_table = format!("{table}_base");
     bench_backend::<D, I>(c, backend, &rt, &pool, [&table, &base_table]);
     rt.block_on(async {
-        let coalesce_tables = ["pc", "co", "bh", "cc"].map(|side| format!("{table}_{side}"));
+        let coalesce_tables =
+            ["pc", "co", "cp", "cc", "cb", "bh"].map(|side| format!("{table}_{side}"));
         for t in [&table, &base_table].into_iter().chain(&coalesce_tables) {
             sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
                 .execute(&pool)

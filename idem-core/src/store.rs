@@ -71,6 +71,46 @@ pub trait Store: Send + Sync {
     /// ([`StoreError::LeaseLost`] if another call owns the record now).
     async fn release(&self, key: &Key, token: Token) -> Result<(), StoreError>;
 
+    /// [`claim`](Self::claim) for each of `claims`, all with `lease`: one answer per claim,
+    /// in order, each what its own `claim` would have answered among concurrent ones (of
+    /// two claims of one key, one claims it and the other finds it in progress). For
+    /// [`Idempotent::run_batch`](crate::protocol::Idempotent::run_batch). By default the
+    /// claims run concurrently; a store that can claim many keys in one round trip (the SQL
+    /// stores: one multi-row statement) overrides it. Cancel-safe as `claim` is.
+    async fn claim_batch(
+        &self,
+        claims: &[(&Key, &Fingerprint)],
+        lease: Duration,
+    ) -> Vec<Result<Claim, StoreError>> {
+        // Each answer is held by a guard until the whole batch returns: a batch dropped
+        // after some of its claims were answered releases those.
+        let claims = claims.iter().map(|&(key, fp)| async move {
+            let claim = self.claim(key, fp, lease).await;
+            Answered {
+                store: self,
+                key,
+                claim: Some(claim),
+            }
+        });
+        let answered = futures_util::future::join_all(claims).await;
+        answered.into_iter().filter_map(Answered::take).collect()
+    }
+
+    /// [`complete`](Self::complete) for each of `records` (a key, its token, its output),
+    /// all with `ttl`: one answer per record, in order, each what its own `complete` would
+    /// have answered. By default they run concurrently; the SQL stores send one multi-row
+    /// statement.
+    async fn complete_batch(
+        &self,
+        records: &[(&Key, Token, Output)],
+        ttl: Duration,
+    ) -> Vec<Result<(), StoreError>> {
+        let records = records
+            .iter()
+            .map(|(key, token, output)| self.complete(key, *token, output.clone(), ttl));
+        futures_util::future::join_all(records).await
+    }
+
     /// Starts releasing a claim whose call was cancelled, without waiting (called from
     /// `Drop`). Best effort; by default nothing happens and the lease bounds the damage.
     fn release_on_drop(&self, key: &Key, token: Token) {
@@ -93,6 +133,28 @@ pub trait Store: Send + Sync {
     /// the server (and may return a safe lower bound until they have).
     fn max_output_len(&self) -> usize {
         crate::codec::MAX_ENCODED_LEN
+    }
+}
+
+/// One answer of a default [`Store::claim_batch`], until the batch returns it; dropped
+/// before (the batch was cancelled), it releases the claim it holds.
+struct Answered<'a, S: Store + ?Sized> {
+    store: &'a S,
+    key: &'a Key,
+    claim: Option<Result<Claim, StoreError>>,
+}
+
+impl<S: Store + ?Sized> Answered<'_, S> {
+    fn take(mut self) -> Option<Result<Claim, StoreError>> {
+        self.claim.take()
+    }
+}
+
+impl<S: Store + ?Sized> Drop for Answered<'_, S> {
+    fn drop(&mut self) {
+        if let Some(Ok(Claim::Claimed(token))) = self.claim.take() {
+            self.store.release_on_drop(self.key, token);
+        }
     }
 }
 
@@ -191,6 +253,8 @@ impl Future for Waiter {
 
 /// The boxed future every `Store` method returns (what `#[async_trait]` generates).
 type Boxed<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+/// The boxed future of the batch methods.
+type Batch<'a, T> = Pin<Box<dyn Future<Output = Vec<Result<T, StoreError>>> + Send + 'a>>;
 
 // Pointers to a store are stores. Written without `#[async_trait]` so that they hand back the
 // inner store's boxed future instead of boxing it a second time on every call.
@@ -261,6 +325,35 @@ macro_rules! forward_store {
                 lease: Duration,
             ) -> Option<Result<Claim, StoreError>> {
                 (**self).claim_now(key, fingerprint, lease)
+            }
+
+            fn claim_batch<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+                &'life0 self,
+                claims: &'life1 [(&'life2 Key, &'life3 Fingerprint)],
+                lease: Duration,
+            ) -> Batch<'async_trait, Claim>
+            where
+                'life0: 'async_trait,
+                'life1: 'async_trait,
+                'life2: 'async_trait,
+                'life3: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).claim_batch(claims, lease)
+            }
+
+            fn complete_batch<'life0, 'life1, 'life2, 'async_trait>(
+                &'life0 self,
+                records: &'life1 [(&'life2 Key, Token, Output)],
+                ttl: Duration,
+            ) -> Batch<'async_trait, ()>
+            where
+                'life0: 'async_trait,
+                'life1: 'async_trait,
+                'life2: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).complete_batch(records, ttl)
             }
 
             fn release_on_drop(&self, key: &Key, token: Token) {

@@ -5,6 +5,8 @@ use idem_core::store::Token;
 use idem_core::{Key, Store, StoreError};
 use std::future::Future;
 
+use crate::claim::NewClaim;
+
 /// Releases `token`'s claim on a task of the current runtime, for `Store::release_on_drop`
 /// (which cannot wait). Without a runtime, or if the release fails, the lease expires.
 pub(crate) fn release_in_background<S: Store + Clone + 'static>(
@@ -40,12 +42,11 @@ pub(crate) trait ReleaseAfter: Store + Clone + 'static {
     /// A pooled connection.
     type Conn: Send + 'static;
 
-    /// Releases `token`'s claim of `key` on `conn`, best effort.
+    /// Releases each of `claims` (a key and its token) on `conn`, in order, best effort.
     fn release_after(
         self,
         conn: Self::Conn,
-        key: Key,
-        token: Token,
+        claims: Vec<(Key, Token)>,
     ) -> impl Future<Output = ()> + Send + 'static;
 }
 
@@ -99,8 +100,53 @@ impl<S: ReleaseAfter> Drop for ClaimConnection<'_, S> {
             let release = self
                 .store
                 .clone()
-                .release_after(conn, self.key.clone(), self.token);
+                .release_after(conn, vec![(self.key.clone(), self.token)]);
             runtime.spawn(release);
+        }
+    }
+}
+
+/// [`ClaimConnection`] for a batch of claims (`Store::claim_batch`): dropped before
+/// [`disarm`](BatchConnection::disarm), it releases every claim of the batch on its
+/// connection, after whatever statement the batch left in flight there.
+pub(crate) struct BatchConnection<'a, S: ReleaseAfter> {
+    store: &'a S,
+    claims: &'a [NewClaim<'a>],
+    conn: Option<S::Conn>,
+}
+
+impl<'a, S: ReleaseAfter> BatchConnection<'a, S> {
+    /// Guards the batch of `claims` that is about to run on `conn`.
+    pub(crate) fn new(store: &'a S, claims: &'a [NewClaim<'a>], conn: S::Conn) -> Self {
+        BatchConnection {
+            store,
+            claims,
+            conn: Some(conn),
+        }
+    }
+
+    /// The connection, until [`disarm`](BatchConnection::disarm).
+    pub(crate) fn conn(&mut self) -> Option<&mut S::Conn> {
+        self.conn.as_mut()
+    }
+
+    /// The claims returned to their caller: give the connection back to the pool.
+    pub(crate) fn disarm(mut self) {
+        drop(self.conn.take());
+    }
+}
+
+impl<S: ReleaseAfter> Drop for BatchConnection<'_, S> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let claims = self
+                .claims
+                .iter()
+                .map(|c| (c.key.clone(), Token::new(c.token as u64)))
+                .collect();
+            runtime.spawn(self.store.clone().release_after(conn, claims));
         }
     }
 }

@@ -5,9 +5,12 @@
 //! A call that finds nothing in flight runs its own statements at once, on its own task,
 //! exactly as without coalescing: a lone call waits for nobody. It then passes the baton:
 //! whatever queued behind it goes as the next batch.
+//!
+//! The explicit batches of `Store::claim_batch` and `complete_batch` run as one batch of
+//! the same jobs, at once and outside the queues, coalescing on or off.
 
 use idem_core::store::{Busy, Claim, Output, Token};
-use idem_core::{Fingerprint, Key, StoreError};
+use idem_core::{Fingerprint, Key, Store, StoreError};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
@@ -17,7 +20,9 @@ use tokio::sync::oneshot;
 use crate::batch::{self, Completion, shared_error};
 use crate::cancel;
 use crate::claim::NewClaim;
+use crate::dialect::Conn;
 use crate::store::{Common, SqlStore};
+use crate::token;
 
 /// Statements of one kind in flight at once: one. (Four measured the same on PostgreSQL
 /// with 256 callers — BENCHMARKS.md — and one keeps the batches largest.)
@@ -258,61 +263,10 @@ impl Job for ClaimJob {
                 return;
             }
         };
-        // The first claim of each key goes into the batch; later ones of the same key are
-        // answered as a call right after it would be: the record it found, or in progress.
-        let mut first: HashMap<&[u8], usize> = HashMap::new();
-        let mut primaries = Vec::new();
-        let mut followers = Vec::new();
-        for (i, job) in jobs.iter().enumerate() {
-            match first.get(job.claim().digest()) {
-                Some(&p) => followers.push((i, p)),
-                None => {
-                    first.insert(job.claim().digest(), primaries.len());
-                    primaries.push(i);
-                }
-            }
-        }
-        let claims: Vec<NewClaim<'_>> = primaries.iter().map(|&i| jobs[i].claim()).collect();
-        let read_first = store.order.read_first();
-        let mut answers: Vec<Option<Result<Claim, StoreError>>> = if claims.len() == 1 {
-            vec![None]
-        } else {
-            match batch::claims(store, &mut conn, &claims, read_first).await {
-                Ok(answers) => answers,
-                Err(e) => {
-                    // The insert may have landed before the error: nobody will own
-                    // those claims, so release them (fenced by their tokens).
-                    for claim in &claims {
-                        let token = Token::new(claim.token as u64);
-                        cancel::release_in_background(store, claim.key, token);
-                    }
-                    claims
-                        .iter()
-                        .map(|_| Some(Err(shared_error("claim", &e))))
-                        .collect()
-                }
-            }
-        };
-        // What the batch did not settle (a batch of one; a takeover; a record that changed
-        // between the statements) runs the claim's own statements, on this connection.
-        for (claim, answer) in claims.iter().zip(&mut answers) {
-            if answer.is_none() {
-                *answer = Some(D::claim(store, &mut conn, *claim, read_first).await);
-            }
-        }
-        let mut replies: Vec<Option<Result<Claim, StoreError>>> =
-            jobs.iter().map(|_| None).collect();
-        for &(i, p) in &followers {
-            if let Some(first) = &answers[p] {
-                replies[i] = Some(follow(first, &jobs[primaries[p]]));
-            }
-        }
-        for (&i, answer) in primaries.iter().zip(answers) {
-            replies[i] = answer;
-        }
+        let claims: Vec<NewClaim<'_>> = jobs.iter().map(ClaimJob::claim).collect();
+        let replies = claim_all(store, &mut conn, &claims).await;
+        drop(claims);
         for (job, reply) in jobs.into_iter().zip(replies) {
-            let Some(reply) = reply else { continue };
-            let reply = store.order.learn(reply);
             // The caller is gone (cancelled): release the claim it will never know of —
             // on a task, so that the next batch does not wait for these commits.
             if let Err(Ok(Claim::Claimed(token))) = job.reply.send(reply) {
@@ -322,13 +276,77 @@ impl Job for ClaimJob {
     }
 }
 
+/// The answers to `claims` as one batch on `conn`, in order, each what its own claim
+/// would have answered (and learned from by the store's order).
+async fn claim_all<D: Common>(
+    store: &SqlStore<D>,
+    conn: &mut Conn<D>,
+    claims: &[NewClaim<'_>],
+) -> Vec<Result<Claim, StoreError>> {
+    // The first claim of each key goes into the batch; later ones of the same key are
+    // answered as a call right after it would be: the record it found, or in progress.
+    let mut first: HashMap<&[u8], usize> = HashMap::new();
+    let mut primaries = Vec::new();
+    let mut followers = Vec::new();
+    for (i, claim) in claims.iter().enumerate() {
+        match first.get(claim.digest()) {
+            Some(&p) => followers.push((i, p)),
+            None => {
+                first.insert(claim.digest(), primaries.len());
+                primaries.push(i);
+            }
+        }
+    }
+    let batch: Vec<NewClaim<'_>> = primaries.iter().map(|&i| claims[i]).collect();
+    let read_first = store.order.read_first();
+    let mut answers: Vec<Option<Result<Claim, StoreError>>> = if batch.len() == 1 {
+        vec![None]
+    } else {
+        match batch::claims(store, conn, &batch, read_first).await {
+            Ok(answers) => answers,
+            Err(e) => {
+                // The insert may have landed before the error: nobody will own those
+                // claims, so release them (fenced by their tokens).
+                for claim in &batch {
+                    let token = Token::new(claim.token as u64);
+                    cancel::release_in_background(store, claim.key, token);
+                }
+                batch
+                    .iter()
+                    .map(|_| Some(Err(shared_error("claim", &e))))
+                    .collect()
+            }
+        }
+    };
+    // What the batch did not settle (a batch of one; a takeover; a record that changed
+    // between the statements) runs the claim's own statements, on this connection.
+    for (claim, answer) in batch.iter().zip(&mut answers) {
+        if answer.is_none() {
+            *answer = Some(D::claim(store, conn, *claim, read_first).await);
+        }
+    }
+    let answers: Vec<Result<Claim, StoreError>> = answers.into_iter().flatten().collect();
+    let mut replies: Vec<Option<Result<Claim, StoreError>>> = claims.iter().map(|_| None).collect();
+    for &(i, p) in &followers {
+        replies[i] = Some(follow(&answers[p], &claims[primaries[p]]));
+    }
+    for (&i, answer) in primaries.iter().zip(answers) {
+        replies[i] = Some(answer);
+    }
+    replies
+        .into_iter()
+        .flatten()
+        .map(|reply| store.order.learn(reply))
+        .collect()
+}
+
 /// What a later claim of the same key in one batch gets: what a claim right after the
 /// first one would have found.
-fn follow(first: &Result<Claim, StoreError>, job: &ClaimJob) -> Result<Claim, StoreError> {
+fn follow(first: &Result<Claim, StoreError>, claim: &NewClaim<'_>) -> Result<Claim, StoreError> {
     match first {
         Ok(Claim::Claimed(_)) => Ok(Claim::InProgress(Busy {
-            fingerprint: job.fingerprint,
-            lease_remaining: Some(job.lease),
+            fingerprint: *claim.fingerprint,
+            lease_remaining: Some(claim.lease),
             waiter: None,
         })),
         Ok(Claim::Completed(record)) => Ok(Claim::Completed(record.clone())),
@@ -400,51 +418,136 @@ impl Job for CompleteJob {
                 return;
             }
         };
-        // One completion per key in the batch; a second of the same key (a retry racing
-        // its first try) runs on its own after it, as it would have without coalescing.
-        let mut seen = std::collections::HashSet::new();
-        let (batched, later): (Vec<Self>, Vec<Self>) = jobs
-            .into_iter()
-            .partition(|job| seen.insert(*job.key.digest()));
-        let items: Vec<Completion<'_>> = batched
+        let records: Vec<_> = jobs
             .iter()
-            .map(|job| Completion::new(&job.key, job.token, &job.output, job.ttl))
+            .map(|job| (&job.key, job.token, &job.output, job.ttl))
             .collect();
-        let done = match items.len() {
-            1 => vec![
-                D::complete_on(
-                    store,
-                    &mut conn,
-                    &batched[0].key,
-                    batched[0].token,
-                    batched[0].output.clone(),
-                    batched[0].ttl,
-                )
-                .await,
-            ],
-            _ => {
-                // Half what a statement may carry: the rest is room for the statement.
-                let budget = store.dialect.max_output_len() / 2;
-                let mut done = Vec::with_capacity(items.len());
-                for run in batch::runs(&items, budget) {
-                    match batch::completes(store, &mut conn, run).await {
-                        Ok(run) => done.extend(run),
-                        Err(e) => {
-                            done.extend(run.iter().map(|_| Err(shared_error("complete", &e))))
-                        }
-                    }
+        let done = complete_all(store, &mut conn, &records).await;
+        drop(records);
+        for (job, done) in jobs.into_iter().zip(done) {
+            let _ = job.reply.send(done);
+        }
+    }
+}
+
+/// The answers to `records` (key, token, output, TTL) as one batch on `conn`, in order,
+/// each what its own `complete` would have answered: one multi-row fenced `UPDATE` per run
+/// that fits a statement; a second record of one key (a retry racing its first try) by
+/// its own statement after it, as it would have run without a batch.
+async fn complete_all<D: Common>(
+    store: &SqlStore<D>,
+    conn: &mut Conn<D>,
+    records: &[(&Key, Token, &Output, Duration)],
+) -> Vec<Result<(), StoreError>> {
+    let mut seen = std::collections::HashSet::new();
+    let (batched, later): (Vec<usize>, Vec<usize>) =
+        (0..records.len()).partition(|&i| seen.insert(*records[i].0.digest()));
+    let items: Vec<Completion<'_>> = batched
+        .iter()
+        .map(|&i| {
+            let (key, token, output, ttl) = records[i];
+            Completion::new(key, token, output, ttl)
+        })
+        .collect();
+    let done = match &batched[..] {
+        &[i] => {
+            let (key, token, output, ttl) = records[i];
+            vec![D::complete_on(store, conn, key, token, output.clone(), ttl).await]
+        }
+        _ => {
+            // Half what a statement may carry: the rest is room for the statement.
+            let budget = store.dialect.max_output_len() / 2;
+            let mut done = Vec::with_capacity(items.len());
+            for run in batch::runs(&items, budget) {
+                match batch::completes(store, conn, run).await {
+                    Ok(run) => done.extend(run),
+                    Err(e) => done.extend(run.iter().map(|_| Err(shared_error("complete", &e)))),
                 }
-                done
             }
+            done
+        }
+    };
+    let mut answers: Vec<Option<Result<(), StoreError>>> = records.iter().map(|_| None).collect();
+    for (&i, done) in batched.iter().zip(done) {
+        answers[i] = Some(done);
+    }
+    for i in later {
+        let (key, token, output, ttl) = records[i];
+        answers[i] = Some(D::complete_on(store, conn, key, token, output.clone(), ttl).await);
+    }
+    answers.into_iter().flatten().collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Explicit batches
+
+/// [`Store::claim_batch`](idem_core::Store::claim_batch): `claims` as one batch, on a
+/// connection that guards it: if the caller is dropped before the answers, every claim of
+/// the batch is released on that connection after whatever statement it left in flight.
+pub(crate) async fn claim_batch<D: Common>(
+    store: &SqlStore<D>,
+    claims: &[(&Key, &Fingerprint)],
+    lease: Duration,
+) -> Vec<Result<Claim, StoreError>> {
+    let claims: Vec<NewClaim<'_>> = claims
+        .iter()
+        .map(|&(key, fingerprint)| NewClaim {
+            key,
+            fingerprint,
+            lease,
+            token: token::fresh(),
+        })
+        .collect();
+    let conn = match store.connection("claim").await {
+        Ok(conn) => conn,
+        Err(e) => return claims.iter().map(|_| Err(shared(&e))).collect(),
+    };
+    let mut guard = cancel::BatchConnection::new(store, &claims, conn);
+    let Some(conn) = guard.conn() else {
+        return claims
+            .iter()
+            .map(|_| Err(StoreError::backend("claim", "no connection")))
+            .collect();
+    };
+    let answers = claim_all(store, conn, &claims).await;
+    guard.disarm();
+    answers
+}
+
+/// [`Store::complete_batch`](idem_core::Store::complete_batch): `records` as one batch on
+/// one connection; an output over [`MAX_BATCHED_OUTPUT`] by its own statement.
+pub(crate) async fn complete_batch<D: Common>(
+    store: &SqlStore<D>,
+    records: &[(&Key, Token, Output)],
+    ttl: Duration,
+) -> Vec<Result<(), StoreError>> {
+    let (batched, large): (Vec<usize>, Vec<usize>) =
+        (0..records.len()).partition(|&i| records[i].2.bytes.len() <= MAX_BATCHED_OUTPUT);
+    let mut answers: Vec<Option<Result<(), StoreError>>> = records.iter().map(|_| None).collect();
+    if !batched.is_empty() {
+        let items: Vec<_> = batched
+            .iter()
+            .map(|&i| (records[i].0, records[i].1, &records[i].2, ttl))
+            .collect();
+        let done = match store.connection("complete").await {
+            Ok(mut conn) => complete_all(store, &mut conn, &items).await,
+            Err(e) => items.iter().map(|_| Err(shared(&e))).collect(),
         };
-        drop(items);
-        for (job, done) in batched.into_iter().zip(done) {
-            let _ = job.reply.send(done);
+        for (&i, done) in batched.iter().zip(done) {
+            answers[i] = Some(done);
         }
-        for job in later {
-            let done =
-                D::complete_on(store, &mut conn, &job.key, job.token, job.output, job.ttl).await;
-            let _ = job.reply.send(done);
-        }
+    }
+    for i in large {
+        let (key, token, output) = &records[i];
+        answers[i] = Some(Store::complete(store, key, *token, output.clone(), ttl).await);
+    }
+    answers.into_iter().flatten().collect()
+}
+
+/// A store error for each of a batch's calls (a `StoreError` is not `Clone`).
+fn shared(error: &StoreError) -> StoreError {
+    match error {
+        StoreError::Backend { op, .. } => StoreError::backend(op, error.to_string()),
+        other => StoreError::backend("batch", other.to_string()),
     }
 }

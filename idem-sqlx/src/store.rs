@@ -400,8 +400,24 @@ impl<D: Common> SqlStore<D> {
 impl<D: Common> cancel::ReleaseAfter for SqlStore<D> {
     type Conn = PoolConnection<D::Database>;
 
-    async fn release_after(self, mut conn: Self::Conn, key: Key, token: Token) {
-        cancel::released(D::release_on(&self, &mut conn, &key, token).await)
+    async fn release_after(self, mut conn: Self::Conn, claims: Vec<(Key, Token)>) {
+        let mut claims = claims.into_iter();
+        while let Some((key, token)) = claims.next() {
+            match D::release_on(&self, &mut conn, &key, token).await {
+                Ok(()) | Err(StoreError::LeaseLost) => {}
+                // The connection is out of step: sqlx's MySQL connection reads what the
+                // cancelled statement left on it as this one's reply. So that statement
+                // is done, and the releases can go on any connection: the pool's.
+                Err(_) => {
+                    conn.close_on_drop();
+                    drop(conn);
+                    for (key, token) in std::iter::once((key, token)).chain(claims) {
+                        cancel::released(self.release(&key, token).await);
+                    }
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -425,6 +441,25 @@ impl<D: Common> Store for SqlStore<D> {
             }
             None => self.claim_alone(claim).await,
         }
+    }
+
+    /// One batch (one multi-row insert of the claims, and a read where needed), whether
+    /// coalescing is on or not.
+    async fn claim_batch(
+        &self,
+        claims: &[(&Key, &Fingerprint)],
+        lease: Duration,
+    ) -> Vec<Result<Claim, StoreError>> {
+        coalesce::claim_batch(self, claims, lease).await
+    }
+
+    /// One batch (one multi-row fenced `UPDATE`), whether coalescing is on or not.
+    async fn complete_batch(
+        &self,
+        records: &[(&Key, Token, Output)],
+        ttl: Duration,
+    ) -> Vec<Result<(), StoreError>> {
+        coalesce::complete_batch(self, records, ttl).await
     }
 
     async fn renew(&self, key: &Key, token: Token, lease: Duration) -> Result<(), StoreError> {

@@ -137,7 +137,11 @@ impl<T, E, P: ErrorPolicy<E>> Idempotent<T, E, P> {
         Ok(None)
     }
 
-    fn check_fingerprint(&self, ours: &Fingerprint, recorded: &Fingerprint) -> Result<(), Error> {
+    pub(super) fn check_fingerprint(
+        &self,
+        ours: &Fingerprint,
+        recorded: &Fingerprint,
+    ) -> Result<(), Error> {
         if recorded == ours {
             Ok(())
         } else {

@@ -7,6 +7,7 @@
 //! loop) builds its own. What a store's answer means is decided once, in `decide`, for
 //! both modes.
 
+mod batch;
 mod decide;
 mod plain;
 pub(crate) mod tx;

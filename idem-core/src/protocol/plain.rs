@@ -147,10 +147,10 @@ impl<T, E, P: ErrorPolicy<E>> Idempotent<T, E, P> {
 }
 
 /// One call's store operations: its key on its store, with its options.
-struct Session<'a, S: ?Sized> {
-    store: &'a S,
-    key: &'a Key,
-    options: &'a Options,
+pub(super) struct Session<'a, S: ?Sized> {
+    pub(super) store: &'a S,
+    pub(super) key: &'a Key,
+    pub(super) options: &'a Options,
 }
 
 impl<S: Store + ?Sized> Session<'_, S> {
@@ -176,7 +176,7 @@ impl<S: Store + ?Sized> Session<'_, S> {
         }
     }
 
-    async fn heartbeat(&self, token: Token) -> Infallible {
+    pub(super) async fn heartbeat(&self, token: Token) -> Infallible {
         let lease = self.options.lease;
         let period = (lease / 3).max(Duration::from_millis(1));
         let mut lost = false;
@@ -203,7 +203,7 @@ impl<S: Store + ?Sized> Session<'_, S> {
     /// is retried with backoff while the claim's lease lasts (the body just ended, and the
     /// heartbeat renewed the lease at most a third of it ago); only a store unreachable for
     /// that whole time leaves the key to run again after the lease.
-    async fn record(&self, token: Token, output: Output) {
+    pub(super) async fn record(&self, token: Token, output: Output) {
         let give_up = Instant::now() + self.options.lease;
         let mut pause = FIRST_RETRY;
         loop {
@@ -228,7 +228,7 @@ impl<S: Store + ?Sized> Session<'_, S> {
         }
     }
 
-    async fn release(&self, token: Token) {
+    pub(super) async fn release(&self, token: Token) {
         match self.store.release(self.key, token).await {
             Ok(()) => {}
             Err(StoreError::LeaseLost) => self.outcome(CallOutcome::LeaseLost),
@@ -242,13 +242,13 @@ impl<S: Store + ?Sized> Session<'_, S> {
 }
 
 /// Releases the claim if the call's future is dropped before it finishes.
-struct ReleaseOnDrop<'a, S: Store + ?Sized> {
-    session: &'a Session<'a, S>,
-    token: Option<Token>,
+pub(super) struct ReleaseOnDrop<'a, S: Store + ?Sized> {
+    pub(super) session: &'a Session<'a, S>,
+    pub(super) token: Option<Token>,
 }
 
 impl<S: Store + ?Sized> ReleaseOnDrop<'_, S> {
-    fn disarm(mut self) {
+    pub(super) fn disarm(mut self) {
         self.token = None;
     }
 }

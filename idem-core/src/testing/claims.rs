@@ -261,9 +261,7 @@ pub async fn keys_and_namespaces_are_independent<S: Store + ?Sized + 'static>(st
 /// after 0 to 128 polls and after 1 to 5 ms.
 pub async fn cancelled_claims_leave_nothing_behind<S: Store + ?Sized + 'static>(store: &Arc<S>) {
     const CHECK: &str = "cancelled_claims_leave_nothing_behind";
-    let polls = [0, 1, 2, 4, 8, 16, 32, 64, 128].map(Cancel::AfterPolls);
-    let delays = [1, 2, 5].map(|ms| Cancel::After(Duration::from_millis(ms)));
-    for cancel in polls.into_iter().chain(delays) {
+    for cancel in Cancel::ALL {
         let key = new_key(CHECK);
         let fp = fingerprint();
         if let Some(finished) = cancel.run(claim(&**store, &key, &fp, LONG)).await {
@@ -297,7 +295,7 @@ pub async fn cancelled_claims_leave_nothing_behind<S: Store + ?Sized + 'static>(
 
 /// When [`cancelled_claims_leave_nothing_behind`] drops a claim.
 #[derive(Clone, Copy, Debug)]
-enum Cancel {
+pub(super) enum Cancel {
     /// After polling it this many times more than once, yielding to the runtime between.
     AfterPolls(usize),
     /// After this long.
@@ -305,8 +303,24 @@ enum Cancel {
 }
 
 impl Cancel {
+    /// Every point a check cancels at: after 0 to 128 polls, after 1 to 5 ms.
+    pub(super) const ALL: [Cancel; 12] = [
+        Cancel::AfterPolls(0),
+        Cancel::AfterPolls(1),
+        Cancel::AfterPolls(2),
+        Cancel::AfterPolls(4),
+        Cancel::AfterPolls(8),
+        Cancel::AfterPolls(16),
+        Cancel::AfterPolls(32),
+        Cancel::AfterPolls(64),
+        Cancel::AfterPolls(128),
+        Cancel::After(Duration::from_millis(1)),
+        Cancel::After(Duration::from_millis(2)),
+        Cancel::After(Duration::from_millis(5)),
+    ];
+
     /// `Some(output)` if `future` finished before the cancellation.
-    async fn run<F: Future>(self, future: F) -> Option<F::Output> {
+    pub(super) async fn run<F: Future>(self, future: F) -> Option<F::Output> {
         match self {
             Cancel::After(delay) => tokio::time::timeout(delay, future).await.ok(),
             Cancel::AfterPolls(polls) => {

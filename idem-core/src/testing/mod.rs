@@ -47,6 +47,7 @@ const PAST_SHORT: Duration = Duration::from_millis(500);
 /// How often the renew check renews its [`SHORT`] lease.
 const RENEW_EVERY: Duration = Duration::from_millis(100);
 
+mod batches;
 mod claims;
 mod expiry;
 mod faults;
@@ -59,6 +60,7 @@ mod support;
 mod tx;
 mod waiters;
 
+pub use batches::*;
 pub use claims::*;
 pub use expiry::*;
 pub use faults::{Fault, FaultyStore, Injected, Op};
@@ -169,6 +171,8 @@ macro_rules! __conformance_checks {
             cancelled_claims_leave_nothing_behind,
             largest_output_round_trips,
             claims_survive_record_pressure,
+            batches_answer_as_single_calls,
+            cancelled_batches_leave_nothing_behind,
         );
     };
 }
