@@ -8,6 +8,12 @@ use idem_core::testing;
 // One test per check, each on its own store.
 idem_core::store_conformance_tests!(Arc::new(MemoryStore::new()));
 
+/// Outside the suite's list (it needs `release_on_drop`, which `MemoryStore` has).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_batches_leave_nothing_behind() {
+    testing::cancelled_batches_leave_nothing_behind(&Arc::new(MemoryStore::new())).await;
+}
+
 /// Every check in one test, through `run_all`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_all() {

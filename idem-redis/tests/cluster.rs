@@ -34,6 +34,7 @@ async fn conformance_and_race_on_a_three_primary_cluster() {
         .expect("prefix");
     let store = Arc::new(store);
     idem_core::__conformance_checks!((run_checks)(store));
+    idem::testing::cancelled_batches_leave_nothing_behind(&store).await;
 
     // 64 racers on each of several keys (so on several slots and primaries).
     support::race::racers_run_the_body_once(&store, "cluster-race", 6).await;

@@ -46,3 +46,5 @@ macro_rules! redis_check {
 }
 
 idem_core::__conformance_checks!((redis_checks)());
+// Outside the suite's list (it needs `release_on_drop`, which the store has).
+redis_check!(cancelled_batches_leave_nothing_behind);

@@ -50,82 +50,37 @@ pub(crate) trait ReleaseAfter: Store + Clone + 'static {
     ) -> impl Future<Output = ()> + Send + 'static;
 }
 
-/// The pooled connection of a plain-mode claim, which makes the claim cancel-safe.
+/// The pooled connection of plain-mode claims (one call's, or a batch's), which makes them
+/// cancel-safe.
 ///
 /// Dropping a future that awaits a statement does not stop the statement: the server still
 /// runs it — an `INSERT` blocked behind another transaction's lock on the key lands when
 /// that transaction ends — and nobody would own the claim it wrote until its lease ran out.
-/// So if the claim is dropped before [`disarm`](ClaimConnection::disarm), this releases its
-/// token (made on the client, before the insert) on a task, *on the same connection*: a
-/// connection runs its statements in order, so the release runs after whatever the claim
-/// left in flight there, and removes the claim if that statement wrote one (else it finds
-/// nothing). Costs nothing unless cancelled: no task, no channel. (Running the claim on a
-/// task of its own is cancel-safe too, but the spawn and join cost a measurable share of
-/// the cheapest claim, an SQLite replay; `measure_cancel_safe_claim_cost` in `sqlite.rs`
-/// measures it, and BENCHMARKS.md has the figures.)
+/// So if the claims are dropped before [`disarm`](ClaimConnection::disarm), this releases
+/// their tokens (made on the client, before the insert) on a task, *on the same
+/// connection*: a connection runs its statements in order, so the releases run after
+/// whatever the claims left in flight there, and remove the claims that statement wrote
+/// (else they find nothing). Costs nothing unless cancelled: no task, no channel. (Running
+/// the claim on a task of its own is cancel-safe too, but the spawn and join cost a
+/// measurable share of the cheapest claim, an SQLite replay; `measure_cancel_safe_claim_cost`
+/// in `sqlite.rs` measures it, and BENCHMARKS.md has the figures.)
 pub(crate) struct ClaimConnection<'a, S: ReleaseAfter> {
-    store: &'a S,
-    key: &'a Key,
-    token: Token,
-    conn: Option<S::Conn>,
-}
-
-impl<'a, S: ReleaseAfter> ClaimConnection<'a, S> {
-    /// Guards the claim of `key` with `token` that is about to run on `conn`.
-    pub(crate) fn new(store: &'a S, key: &'a Key, token: Token, conn: S::Conn) -> Self {
-        ClaimConnection {
-            store,
-            key,
-            token,
-            conn: Some(conn),
-        }
-    }
-
-    /// The connection, until [`disarm`](ClaimConnection::disarm).
-    pub(crate) fn conn(&mut self) -> Option<&mut S::Conn> {
-        self.conn.as_mut()
-    }
-
-    /// The claim returned to its caller: give the connection back to the pool.
-    pub(crate) fn disarm(mut self) {
-        drop(self.conn.take());
-    }
-}
-
-impl<S: ReleaseAfter> Drop for ClaimConnection<'_, S> {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            let release = self
-                .store
-                .clone()
-                .release_after(conn, vec![(self.key.clone(), self.token)]);
-            runtime.spawn(release);
-        }
-    }
-}
-
-/// [`ClaimConnection`] for a batch of claims (`Store::claim_batch`): dropped before
-/// [`disarm`](BatchConnection::disarm), it releases every claim of the batch on its
-/// connection, after whatever statement the batch left in flight there.
-pub(crate) struct BatchConnection<'a, S: ReleaseAfter> {
     store: &'a S,
     claims: &'a [NewClaim<'a>],
     conn: Option<S::Conn>,
 }
 
-impl<'a, S: ReleaseAfter> BatchConnection<'a, S> {
-    /// Guards the batch of `claims` that is about to run on `conn`.
+impl<'a, S: ReleaseAfter> ClaimConnection<'a, S> {
+    /// Guards `claims`, about to run on `conn`.
     pub(crate) fn new(store: &'a S, claims: &'a [NewClaim<'a>], conn: S::Conn) -> Self {
-        BatchConnection {
+        ClaimConnection {
             store,
             claims,
             conn: Some(conn),
         }
     }
 
-    /// The connection, until [`disarm`](BatchConnection::disarm).
+    /// The connection, until [`disarm`](ClaimConnection::disarm).
     pub(crate) fn conn(&mut self) -> Option<&mut S::Conn> {
         self.conn.as_mut()
     }
@@ -136,7 +91,7 @@ impl<'a, S: ReleaseAfter> BatchConnection<'a, S> {
     }
 }
 
-impl<S: ReleaseAfter> Drop for BatchConnection<'_, S> {
+impl<S: ReleaseAfter> Drop for ClaimConnection<'_, S> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()

@@ -502,7 +502,7 @@ pub(crate) async fn claim_batch<D: Common>(
         Ok(conn) => conn,
         Err(e) => return claims.iter().map(|_| Err(shared(&e))).collect(),
     };
-    let mut guard = cancel::BatchConnection::new(store, &claims, conn);
+    let mut guard = cancel::ClaimConnection::new(store, &claims, conn);
     let Some(conn) = guard.conn() else {
         return claims
             .iter()

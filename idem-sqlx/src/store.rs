@@ -373,8 +373,7 @@ impl<D: Common> SqlStore<D> {
     /// cancellation.
     async fn claim_alone(&self, claim: NewClaim<'_>) -> Result<Claim, StoreError> {
         let conn = self.connection("claim").await?;
-        let token = Token::new(claim.token as u64);
-        let mut guard = ClaimConnection::new(self, claim.key, token, conn);
+        let mut guard = ClaimConnection::new(self, std::slice::from_ref(&claim), conn);
         let Some(conn) = guard.conn() else {
             return Err(StoreError::backend("claim", "no connection"));
         };

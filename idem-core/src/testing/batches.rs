@@ -107,6 +107,11 @@ pub async fn batches_answer_as_single_calls<S: Store + ?Sized + 'static>(store: 
 /// A batch of claims cancelled at any point holds none of its keys for more than a short
 /// cleanup, as [`cancelled_claims_leave_nothing_behind`] asks of one claim: each key is
 /// `Claimed` again within 1 s.
+///
+/// Not in the suite's list: the default `claim_batch` releases the claims a dropped batch
+/// was already answered through [`Store::release_on_drop`], which by default does nothing
+/// (the lease bounds the damage, as for a cancelled call). Run it for a store that
+/// implements `release_on_drop` or its own `claim_batch`, as every store here does.
 pub async fn cancelled_batches_leave_nothing_behind<S: Store + ?Sized + 'static>(store: &Arc<S>) {
     const CHECK: &str = "cancelled_batches_leave_nothing_behind";
     for cancel in Cancel::ALL {
@@ -122,22 +127,9 @@ pub async fn cancelled_batches_leave_nothing_behind<S: Store + ?Sized + 'static>
             continue;
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        let what = format!("a batch cancelled {cancel:?}");
         for key in &keys {
-            loop {
-                match claim(&**store, key, &fingerprint(), LONG).await {
-                    Ok(Claim::Claimed(token)) => {
-                        ok(store.release(key, token).await, CHECK, "release");
-                        break;
-                    }
-                    Ok(Claim::InProgress(_)) if tokio::time::Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    other => panic!(
-                        "[{CHECK}] a batch cancelled {cancel:?} still held a key 1 s later: {}",
-                        brief(&other)
-                    ),
-                }
-            }
+            claimed_again_by(&**store, key, deadline, CHECK, &what).await;
         }
     }
 }

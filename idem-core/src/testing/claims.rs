@@ -275,21 +275,8 @@ pub async fn cancelled_claims_leave_nothing_behind<S: Store + ?Sized + 'static>(
             continue;
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-        loop {
-            match claim(&**store, &key, &fingerprint(), LONG).await {
-                Ok(Claim::Claimed(token)) => {
-                    ok(store.release(&key, token).await, CHECK, "release");
-                    break;
-                }
-                Ok(Claim::InProgress(_)) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                other => panic!(
-                    "[{CHECK}] a claim cancelled {cancel:?} still held the key 1 s later: {}",
-                    brief(&other)
-                ),
-            }
-        }
+        let what = format!("a claim cancelled {cancel:?}");
+        claimed_again_by(&**store, &key, deadline, CHECK, &what).await;
     }
 }
 

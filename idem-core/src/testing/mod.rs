@@ -172,7 +172,6 @@ macro_rules! __conformance_checks {
             largest_output_round_trips,
             claims_survive_record_pressure,
             batches_answer_as_single_calls,
-            cancelled_batches_leave_nothing_behind,
         );
     };
 }

@@ -134,3 +134,29 @@ pub(super) fn assert_record(got: &Record, expected: &Record, check: &str, what: 
         &got.output.bytes[..got.output.bytes.len().min(16)],
     );
 }
+
+/// Claims `key` until it is `Claimed` (then releases it), polling every 10 ms while it is
+/// in progress, until `deadline`; a panic naming `what` if it is still held then.
+pub(super) async fn claimed_again_by<S: Store + ?Sized>(
+    store: &S,
+    key: &Key,
+    deadline: tokio::time::Instant,
+    check: &str,
+    what: &str,
+) {
+    loop {
+        match claim(store, key, &fingerprint(), LONG).await {
+            Ok(Claim::Claimed(token)) => {
+                ok(store.release(key, token).await, check, "release");
+                return;
+            }
+            Ok(Claim::InProgress(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => panic!(
+                "[{check}] {what} still held the key 1 s later: {}",
+                brief(&other)
+            ),
+        }
+    }
+}

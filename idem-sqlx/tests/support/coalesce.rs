@@ -742,6 +742,19 @@ macro_rules! coalescing_tests {
             .await;
         }
 
+        /// Outside the suite's list (it needs `release_on_drop` or a `claim_batch` of the
+        /// store's own: the SQL stores have both), with coalescing off and on.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn cancelled_batches_leave_nothing_behind() {
+            with_store(|store $($extra)*| async move {
+                idem_core::testing::cancelled_batches_leave_nothing_behind(&store).await;
+                let store = Arc::unwrap_or_clone(store).with_coalescing(true);
+                idem_core::testing::cancelled_batches_leave_nothing_behind(&Arc::new(store))
+                    .await;
+            })
+            .await;
+        }
+
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn each_body_runs_once() {
             with_store(|store $($extra)*| async move {
