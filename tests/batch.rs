@@ -335,3 +335,77 @@ async fn a_consumer_batch() {
     assert_eq!(counts, [("e-1".to_owned(), 1), ("e-2".to_owned(), 1)]);
     db.drop_tables(&table).await;
 }
+
+/// A store whose batches answer one item too few (a bug of its own).
+struct ShortBatches(MemoryStore);
+
+#[async_trait::async_trait]
+impl Store for ShortBatches {
+    async fn claim(
+        &self,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<idem::store::Claim, idem::StoreError> {
+        self.0.claim(key, fingerprint, lease).await
+    }
+    async fn renew(
+        &self,
+        key: &Key,
+        token: idem::store::Token,
+        lease: Duration,
+    ) -> Result<(), idem::StoreError> {
+        self.0.renew(key, token, lease).await
+    }
+    async fn complete(
+        &self,
+        key: &Key,
+        token: idem::store::Token,
+        output: idem::store::Output,
+        ttl: Duration,
+    ) -> Result<(), idem::StoreError> {
+        self.0.complete(key, token, output, ttl).await
+    }
+    async fn release(&self, key: &Key, token: idem::store::Token) -> Result<(), idem::StoreError> {
+        self.0.release(key, token).await
+    }
+    async fn purge_expired(&self) -> Result<u64, idem::StoreError> {
+        self.0.purge_expired().await
+    }
+    async fn claim_batch(
+        &self,
+        claims: &[(&Key, &Fingerprint)],
+        lease: Duration,
+    ) -> Vec<Result<idem::store::Claim, idem::StoreError>> {
+        // Only the first ones are even claimed.
+        let n = claims.len().saturating_sub(1);
+        self.0.claim_batch(&claims[..n], lease).await
+    }
+    async fn complete_batch(
+        &self,
+        records: &[(&Key, idem::store::Token, idem::store::Output)],
+        ttl: Duration,
+    ) -> Vec<Result<(), idem::StoreError>> {
+        let n = records.len().saturating_sub(1);
+        self.0.complete_batch(&records[..n], ttl).await
+    }
+}
+
+/// A store whose batch answers fewer items than it was given never moves a result to
+/// another call: each call still gets its own (the unanswered claim runs on its own, the
+/// unanswered record is written on its own), and a second batch replays them all.
+#[tokio::test]
+async fn a_short_answer_from_the_store_moves_no_result() {
+    let (store, runs) = (ShortBatches(MemoryStore::new()), AtomicU32::new(0));
+    let handle = handler(OnConflict::Reject);
+    let calls = [("p", 1), ("q", 2), ("t", 3)];
+    assert_eq!(
+        values(batch(&handle, &store, &runs, &calls).await),
+        [2, 4, 6]
+    );
+    assert_eq!(
+        values(batch(&handle, &store, &runs, &calls).await),
+        [2, 4, 6]
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+}

@@ -82,7 +82,10 @@ impl<T, E, P: ErrorPolicy<E>> Idempotent<T, E, P> {
             .map(|(key, fingerprint, body)| ((key, fingerprint), body))
             .unzip();
         let claims: Vec<(&Key, &Fingerprint)> = keys.iter().map(|(k, f)| (k, f)).collect();
-        let answers = store.claim_batch(&claims, self.options.lease).await;
+        let answers = one_each(
+            store.claim_batch(&claims, self.options.lease).await,
+            &claims,
+        );
         let steps = answers
             .into_iter()
             .zip(bodies)
@@ -257,7 +260,7 @@ impl<T, E, P: ErrorPolicy<E>> Idempotent<T, E, P> {
                 .iter()
                 .map(|(i, token, output)| (sessions[*i].key, *token, output.clone()))
                 .collect();
-            let written = store.complete_batch(&batch, self.options.ttl).await;
+            let written = one_each(store.complete_batch(&batch, self.options.ttl).await, &batch);
             for ((i, token, output), written) in records.into_iter().zip(written) {
                 match written {
                     Ok(()) => self.outcome(CallOutcome::Executed),
@@ -277,4 +280,21 @@ impl<T, E, P: ErrorPolicy<E>> Idempotent<T, E, P> {
         }
         (results, panic)
     }
+}
+
+/// A batch's answers, exactly one per item: where a store answered fewer (a bug of its
+/// own), the rest are errors — handled as a failed call is — never a result moved to
+/// another call.
+fn one_each<A, I>(
+    mut answers: Vec<Result<A, StoreError>>,
+    items: &[I],
+) -> Vec<Result<A, StoreError>> {
+    answers.truncate(items.len());
+    answers.resize_with(items.len(), || {
+        Err(StoreError::backend(
+            "batch",
+            "the store answered fewer items than it was given",
+        ))
+    });
+    answers
 }
