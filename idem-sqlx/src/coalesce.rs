@@ -254,11 +254,11 @@ impl Job for ClaimJob {
     }
 
     async fn run<D: Common>(store: &SqlStore<D>, jobs: Vec<Self>) {
-        let mut conn = match store.pool.acquire().await {
+        let mut conn = match store.connection("claim").await {
             Ok(conn) => conn,
             Err(e) => {
                 for job in jobs {
-                    let _ = job.reply.send(Err(shared_error("claim", &e)));
+                    let _ = job.reply.send(Err(shared(&e)));
                 }
                 return;
             }
@@ -409,11 +409,11 @@ impl Job for CompleteJob {
     }
 
     async fn run<D: Common>(store: &SqlStore<D>, jobs: Vec<Self>) {
-        let mut conn = match store.pool.acquire().await {
+        let mut conn = match store.connection("complete").await {
             Ok(conn) => conn,
             Err(e) => {
                 for job in jobs {
-                    let _ = job.reply.send(Err(shared_error("complete", &e)));
+                    let _ = job.reply.send(Err(shared(&e)));
                 }
                 return;
             }
@@ -547,7 +547,7 @@ pub(crate) async fn complete_batch<D: Common>(
 /// A store error for each of a batch's calls (a `StoreError` is not `Clone`).
 fn shared(error: &StoreError) -> StoreError {
     match error {
-        StoreError::Backend { op, .. } => StoreError::backend(op, error.to_string()),
+        StoreError::Backend { op, source } => StoreError::backend(op, source.to_string()),
         other => StoreError::backend("batch", other.to_string()),
     }
 }
