@@ -3,7 +3,8 @@
 //! Server-backed suites read their URL from the environment (`IDEM_TEST_POSTGRES_URL`,
 //! `IDEM_TEST_MYSQL_URL`). Without it they are skipped and say so on the terminal — unless
 //! `IDEM_REQUIRE_SERVERS=1` (as CI sets), where a missing URL fails the test.
-#![allow(dead_code, unreachable_pub)]
+// Each test binary uses part of it: what one does not use is not dead.
+#![allow(dead_code, unreachable_pub, unused_imports, unused_macros)]
 
 pub mod coalesce;
 #[cfg(feature = "mysql")]
