@@ -128,6 +128,7 @@ pub(crate) fn ceiling<P, B, H>(
     let (per_task, rounds) = (40, 40 * CALLERS as usize / (BY_HAND * BATCH));
     let keys = (BY_HAND * rounds * BATCH) as f64;
     let mut rates: [Vec<f64>; 4] = Default::default();
+    let mut cpu: [Vec<f64>; 4] = Default::default();
     for round in 0..ROUNDS {
         let mut order = [0, 1, 2, 3];
         if round % 2 == 1 {
@@ -135,6 +136,7 @@ pub(crate) fn ceiling<P, B, H>(
         }
         for side in order {
             let start = Instant::now();
+            let clock = Clock::process_cpu();
             let rate = match side {
                 0 | 1 => {
                     let p = [per_call, coalesced][side];
@@ -158,18 +160,24 @@ pub(crate) fn ceiling<P, B, H>(
                     keys / start.elapsed().as_secs_f64()
                 }
             };
+            if let Some(clock) = clock {
+                cpu[side].push(clock.elapsed().as_secs_f64() * 1e6 / keys);
+            }
             rates[side].push(rate);
         }
     }
-    let [per_call, coalesced, batched, by_hand] = rates.map(|mut r| {
+    let median = |mut r: Vec<f64>| {
         r.sort_by(f64::total_cmp);
-        r[r.len() / 2]
-    });
+        r.get(r.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let [per_call, coalesced, batched, by_hand] = rates.map(median);
+    let [cpu_pc, cpu_co, cpu_rb, cpu_bh] = cpu.map(median);
     eprintln!(
         "coalesce {label:<28} per_call {per_call:>8.0}  coalesced {coalesced:>8.0}  \
          run_batch ({BY_HAND} × {BATCH}) {batched:>8.0}  by hand {by_hand:>8.0} keys/s  \
          coalesced/per_call {:.2}  run_batch/per_call {:.2}  run_batch/by_hand {:.2} \
-         ({ROUNDS} rounds)",
+         ({ROUNDS} rounds)  client cpu per key {cpu_pc:.1} / {cpu_co:.1} / {cpu_rb:.1} / \
+         {cpu_bh:.1} µs",
         coalesced / per_call,
         batched / per_call,
         batched / by_hand,
