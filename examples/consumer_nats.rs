@@ -7,9 +7,13 @@
 //! The server is at `NATS_URL` (default `nats://127.0.0.1:4222`, JetStream enabled), the
 //! stream `STREAM` (default `PAYMENTS`); `PUBLISH=n` (default 200) publishes n demo events
 //! first, each twice, some of them failing (see `examples/consumer/handler.rs`), `PUBLISH=0`
-//! none. `PREFETCH`, `MAX_DELIVERIES`, `TABLE` and `WORKER`: see `Settings` there; `ACK_WAIT`
-//! (seconds): see `examples/consumer/nats.rs`. Run several at once to share the durable
-//! consumer; Ctrl-C stops one after it has acked what it handles.
+//! none. `PREFETCH`, `BATCH`, `MAX_DELIVERIES`, `TABLE` and `WORKER`: see `Settings` there;
+//! `ACK_WAIT` (seconds): see `examples/consumer/nats.rs`. Run several at once to share the
+//! durable consumer; Ctrl-C stops one after it has acked what it handles.
+//!
+//! `BATCH=16` pulls 16 messages at a time and handles them together: their claims in one
+//! statement, their effects concurrently, their records in one statement
+//! (`Idempotent::run_batch`), with `PREFETCH / BATCH` batches in flight.
 //!
 //! It prints what it did every second: bodies executed, deliveries replayed from the record,
 //! naked (a retryable error) and dead-lettered to `<STREAM>_dead` (a permanent error, or the

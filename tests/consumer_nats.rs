@@ -138,9 +138,87 @@ async fn plain_mode_two_consumers_one_killed() {
     run(Mode::PlainKill, "nats plain").await;
 }
 
+/// Plain mode a batch at a time (`BATCH`, `Idempotent::run_batch`), one consumer SIGKILLed
+/// mid-stream: the same counts as one message at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_mode_two_consumers_one_killed() {
+    run(Mode::BatchKill, "nats batch").await;
+}
+
 /// Transactional mode, a consumer killed between its commit and its ack: exactly one effect
 /// per event; the redelivery replays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tx_mode_killed_between_commit_and_ack() {
     run(Mode::TxCrashAfterCommit, "nats tx").await;
+}
+
+/// The batch handler (`Handler::handle_batch`, on `run_batch`) and the one-message handler
+/// (`#[idempotent]`) share their records: each replays what the other recorded, a duplicate
+/// inside a batch replays its twin, another payload under a recorded id is refused, and
+/// every body ran once. On SQLite: no broker, no server.
+#[tokio::test]
+async fn batches_and_single_deliveries_share_records() {
+    let file = std::env::temp_dir().join(format!("{}.sqlite", unique("idem_consumer_batch")));
+    let settings = handler::Settings {
+        database_url: Some(format!("sqlite://{}?mode=rwc", file.display())),
+        table: "shared".into(),
+        transactional: false,
+        prefetch: 8,
+        batch: 4,
+        max_deliveries: 5,
+        worker: "test".into(),
+        crash_after_commit: None,
+    };
+    let handler = handler::Handler::connect(&settings).await.unwrap();
+    let event = |i: i64| Event {
+        event_id: format!("evt-{i}"),
+        amount_cents: 100 + i,
+        demo: handler::Demo::Ok,
+    };
+    let handler = &handler;
+    let single = |i| async move { handler.handle(&event(i), true).await.unwrap() };
+    let (first, second) = (single(0).await, single(1).await);
+    assert!(!first.was_replayed() && !second.was_replayed());
+
+    let batch = [event(0), event(1), event(2), event(3), event(2)].map(|e| (e, true));
+    let results: Vec<_> = handler
+        .handle_batch(&batch)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let replayed: Vec<bool> = results.iter().map(|r| r.was_replayed()).collect();
+    assert_eq!(replayed, [true, true, false, false, true]);
+    assert_eq!(
+        *results[0], *first,
+        "the batch replays the single delivery's effect"
+    );
+    assert_eq!(*results[1], *second);
+    assert_eq!(*results[4], *results[2], "the duplicate replays its twin");
+
+    let again = single(3).await;
+    assert!(
+        again.was_replayed(),
+        "a single delivery replays the batch's record"
+    );
+    assert_eq!(*again, *results[3]);
+
+    let mut changed = event(2);
+    changed.amount_cents += 1;
+    let refused = handler.handle_batch(&[(changed, true)]).await.remove(0);
+    match refused {
+        Err(handler::HandlerError::Idem(idem::Error::PayloadMismatch)) => {}
+        other => panic!("expected a payload mismatch, got {other:?}"),
+    }
+    assert_eq!(
+        handler
+            .stats
+            .executed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        4,
+        "one body per event"
+    );
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+    }
 }

@@ -5,8 +5,9 @@
 //! The broker loops only decide what to tell the broker; everything about the effect — and
 //! about running it once per event id — is here.
 
-use idem::idempotent;
+use idem::protocol::Idempotent;
 use idem::sqlx::{PgStore, SqliteStore};
+use idem::{Fingerprint, FingerprintBuilder, Key, OnConflict, Options, Tracked, idempotent};
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, PgPool, Postgres, SqlitePool, Transaction};
@@ -148,6 +149,11 @@ pub(crate) struct Settings {
     pub(crate) transactional: bool,
     /// `PREFETCH` [32]: messages in flight at once, each handled on its own task.
     pub(crate) prefetch: u16,
+    /// `BATCH` [0: one message at a time]: NATS only — pull up to this many messages at a
+    /// time and handle them together (`Handler::handle_batch`), `PREFETCH / BATCH` batches
+    /// at once.
+    #[allow(dead_code, reason = "the RabbitMQ consumer takes one message at a time")]
+    pub(crate) batch: u16,
     /// `MAX_DELIVERIES` [5]: deliveries of a message before the broker dead-letters it.
     pub(crate) max_deliveries: u16,
     /// `WORKER` [`pid-<pid>`]: this process' name in the effect rows.
@@ -184,6 +190,7 @@ impl Settings {
                 Some(other) => panic!("MODE is `plain` or `tx`, not {other:?}"),
             },
             prefetch: number("PREFETCH", 32),
+            batch: number("BATCH", 0),
             max_deliveries: number("MAX_DELIVERIES", 5),
             worker: var("WORKER").unwrap_or_else(|| format!("pid-{}", std::process::id())),
             crash_after_commit: var("CRASH_AFTER_COMMIT"),
@@ -327,7 +334,7 @@ impl Handler {
         &self,
         event: &Event,
         first_delivery: bool,
-    ) -> Result<idem::Tracked<Booked>, HandlerError> {
+    ) -> Result<Tracked<Booked>, HandlerError> {
         let booked = match &self.backend {
             Backend::Sqlite { store, pool } => {
                 let db = Db::Sqlite(pool);
@@ -353,13 +360,48 @@ impl Handler {
                 booked
             }
         };
+        self.count(&booked);
+        Ok(booked)
+    }
+
+    /// Handles many deliveries at once, each as [`handle`](Self::handle) would, with the
+    /// results in their order: in plain mode through `Idempotent::run_batch` — one claim
+    /// statement and one record statement for the whole batch instead of two per message
+    /// — under the same records as `handle`'s, so a batch and a single delivery of one
+    /// event replay each other. Transactional mode (a transaction per event) handles them
+    /// concurrently, one by one.
+    #[allow(dead_code, reason = "the RabbitMQ consumer takes one message at a time")]
+    pub(crate) async fn handle_batch(
+        &self,
+        deliveries: &[(Event, bool)],
+    ) -> Vec<Result<Tracked<Booked>, HandlerError>> {
+        let results = match &self.backend {
+            Backend::Sqlite { store, pool } => {
+                book_batch(store, &Db::Sqlite(pool), self, deliveries).await
+            }
+            Backend::Postgres { store, pool } => {
+                book_batch(store, &Db::Postgres(pool), self, deliveries).await
+            }
+            Backend::PostgresTx { .. } => {
+                let each = deliveries
+                    .iter()
+                    .map(|(event, first)| self.handle(event, *first));
+                return futures_util::future::join_all(each).await;
+            }
+        };
+        for booked in results.iter().flatten() {
+            self.count(booked);
+        }
+        results
+    }
+
+    fn count(&self, booked: &Tracked<Booked>) {
         let counter = if booked.was_replayed() {
             &self.stats.replayed
         } else {
             &self.stats.executed
         };
         Stats::add(counter);
-        Ok(booked)
     }
 }
 
@@ -403,7 +445,66 @@ async fn book<S: idem::Store>(
     handler: &Handler,
     event: &Event,
     first_delivery: bool,
-) -> Result<idem::Tracked<Booked>, HandlerError> {
+) -> Result<Tracked<Booked>, HandlerError> {
+    effect(db, handler, event, first_delivery).await
+}
+
+/// [`book`]'s options, for its batches: the same namespace, lease and conflict policy.
+const BOOK: Options = Options {
+    lease: Duration::from_secs(3),
+    on_conflict: OnConflict::Wait,
+    wait_timeout: Duration::from_secs(10),
+    ..Options::new("consumer.book")
+};
+
+/// [`book`] for many deliveries at once (`Idempotent::run_batch`), with the key and the
+/// fingerprint the macro makes for it: a batch and a single delivery of one event share
+/// its record.
+async fn book_batch<S: idem::Store>(
+    store: &S,
+    db: &Db<'_>,
+    handler: &Handler,
+    deliveries: &[(Event, bool)],
+) -> Vec<Result<Tracked<Booked>, HandlerError>> {
+    let mut results: Vec<Option<Result<Tracked<Booked>, HandlerError>>> =
+        deliveries.iter().map(|_| None).collect();
+    let (mut calls, mut batched) = (Vec::new(), Vec::new());
+    for (i, (event, first_delivery)) in deliveries.iter().enumerate() {
+        match key_and_fingerprint(event) {
+            Ok((key, fingerprint)) => {
+                let body = effect(db, handler, event, *first_delivery);
+                calls.push((key, fingerprint, body));
+                batched.push(i);
+            }
+            Err(e) => results[i] = Some(Err(e.into())),
+        }
+    }
+    let booking = Idempotent::<Tracked<Booked>, HandlerError>::new(BOOK);
+    for (i, result) in batched
+        .into_iter()
+        .zip(booking.run_batch(store, calls).await)
+    {
+        results[i] = Some(result);
+    }
+    results.into_iter().flatten().collect()
+}
+
+/// What `#[idempotent(key = event.event_id, skip(..))]` on [`book`] makes of `event`: the
+/// key in its namespace, and the fingerprint of the one argument it hashes.
+fn key_and_fingerprint(event: &Event) -> Result<(Key, Fingerprint), idem::Error> {
+    let key = Key::new(BOOK.namespace, &event.event_id)?;
+    let mut fingerprint = FingerprintBuilder::new();
+    fingerprint.arg(event);
+    Ok((key, fingerprint.finish()?))
+}
+
+/// The booking itself: fail as the demo says, else write the effect row.
+async fn effect(
+    db: &Db<'_>,
+    handler: &Handler,
+    event: &Event,
+    first_delivery: bool,
+) -> Result<Tracked<Booked>, HandlerError> {
     simulate(event, first_delivery)?;
     let insert = format!(
         "INSERT INTO {} (event_id, worker, amount_cents) VALUES ($1, $2, $3) RETURNING id",
@@ -427,7 +528,7 @@ async fn book<S: idem::Store>(
                 .await?
         }
     };
-    Ok(idem::Tracked::new(Booked { effect_id }))
+    Ok(Tracked::new(Booked { effect_id }))
 }
 
 /// Books a payment once per event id (transactional mode): the effect row, the claim and
@@ -448,7 +549,7 @@ async fn book_tx(
     handler: &Handler,
     event: &Event,
     first_delivery: bool,
-) -> Result<idem::Tracked<Booked>, HandlerError> {
+) -> Result<Tracked<Booked>, HandlerError> {
     simulate(event, first_delivery)?;
     let effect_id = sqlx::query_scalar(AssertSqlSafe(format!(
         "INSERT INTO {} (event_id, worker, amount_cents) VALUES ($1, $2, $3) RETURNING id",
@@ -459,5 +560,5 @@ async fn book_tx(
     .bind(event.amount_cents)
     .fetch_one(&mut **tx)
     .await?;
-    Ok(idem::Tracked::new(Booked { effect_id }))
+    Ok(Tracked::new(Booked { effect_id }))
 }

@@ -93,11 +93,20 @@ pub(crate) async fn publish(
     name: &str,
     events: &[Event],
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let mut acks = Vec::with_capacity(events.len());
+    // A publish waits while the context has 5,000 acks outstanding (async-nats'
+    // `max_ack_inflight`), and an ack stays outstanding until it is awaited: so await the
+    // oldest ones on the way, not all of them at the end.
+    const IN_FLIGHT: usize = 1_000;
+    let mut acks = std::collections::VecDeque::with_capacity(IN_FLIGHT);
     for event in events {
+        if acks.len() == IN_FLIGHT
+            && let Some(ack) = acks.pop_front()
+        {
+            ack.await?;
+        }
         // No message id: the second copy of an event is a second message, as a producer
         // that publishes again after a lost ack makes one outside the duplicate window.
-        acks.push(
+        acks.push_back(
             js.publish(subject(name), serde_json::to_vec(event)?.into())
                 .await?,
         );
@@ -122,6 +131,9 @@ pub(crate) async fn consume(
     let js = connect(url).await?;
     let ack_wait = ack_wait_from_env();
     let consumer = declare(&js, name, settings.max_deliveries, ack_wait).await?;
+    if settings.batch > 0 {
+        return consume_batches(consumer, name, handler, settings, ack_wait, shutdown).await;
+    }
     let prefetch = usize::from(settings.prefetch);
     let mut messages = consumer
         .stream()
@@ -162,9 +174,7 @@ pub(crate) async fn consume(
     Ok(())
 }
 
-/// One message: run the handler, then tell the server. Ack after it returns `Ok` — a replay
-/// included. On a retryable error nak (the server redelivers), except on the last allowed
-/// delivery; then, or on a permanent error, dead-letter it and `term`.
+/// One message: run the handler, then tell the server ([`settle`]).
 async fn handle(
     handler: &Handler,
     name: &str,
@@ -172,26 +182,53 @@ async fn handle(
     ack_wait: Duration,
     message: jetstream::Message,
 ) -> Result<(), async_nats::Error> {
-    let info = message.info()?;
-    let (delivered, sequence) = (info.delivered, info.stream_sequence);
+    let delivered = message.info()?.delivered;
     let outcome = match serde_json::from_slice::<Event>(&message.payload) {
         Ok(event) => {
             // Keep the message ours while the handler runs: it may wait out the lease of a
             // claim whose owner died, which can take longer than the ack wait.
-            let progress = async {
-                loop {
-                    tokio::time::sleep(ack_wait / 3).await;
-                    let _ = message.ack_with(AckKind::Progress).await;
-                }
-            };
-            tokio::select! {
-                outcome = handler.handle(&event, delivered == 1) => outcome.map(drop),
-                never = progress => never,
-            }
+            let handled = handler.handle(&event, delivered == 1);
+            in_progress(&[&message], ack_wait, handled).await.map(drop)
         }
         // Unreadable: no redelivery can change that.
         Err(_) => Err(HandlerError::Invalid),
     };
+    settle(handler, name, max_deliveries, &message, outcome).await
+}
+
+/// `work`, while the server is told every third of `ack_wait` that `messages` are still
+/// being worked on (so that it does not redeliver them meanwhile).
+async fn in_progress<T>(
+    messages: &[&jetstream::Message],
+    ack_wait: Duration,
+    work: impl Future<Output = T>,
+) -> T {
+    let progress = async {
+        loop {
+            tokio::time::sleep(ack_wait / 3).await;
+            for message in messages {
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
+        }
+    };
+    tokio::select! {
+        done = work => done,
+        never = progress => never,
+    }
+}
+
+/// Tells the server what became of a message. Ack after the handler returned `Ok` — a
+/// replay included. On a retryable error nak (the server redelivers), except on the last
+/// allowed delivery; then, or on a permanent error, dead-letter it and `term`.
+async fn settle(
+    handler: &Handler,
+    name: &str,
+    max_deliveries: u16,
+    message: &jetstream::Message,
+    outcome: Result<(), HandlerError>,
+) -> Result<(), async_nats::Error> {
+    let info = message.info()?;
+    let (delivered, sequence) = (info.delivered, info.stream_sequence);
     let reason = match outcome {
         Ok(()) => return message.ack().await,
         Err(e) if e.is_permanent() => "permanent",
@@ -212,4 +249,129 @@ async fn handle(
         .await?;
     Stats::add(&handler.stats.dead_lettered);
     message.ack_with(AckKind::Term).await
+}
+
+// ---------------------------------------------------------------------------------------
+// A batch at a time (`BATCH`)
+
+/// How long a pull waits for its batch to fill: a partial batch is handled after this.
+const LINGER: Duration = Duration::from_millis(50);
+
+/// [`consume`] a batch at a time: `prefetch / batch` pipelines (tasks), each pulling up to
+/// `batch` messages and handling them together ([`Handler::handle_batch`]), until
+/// `shutdown` completes (each pipeline finishes the batch it is handling; a pull cut short
+/// is redelivered after the ack wait) or a pipeline fails.
+async fn consume_batches(
+    consumer: PullConsumer,
+    name: &str,
+    handler: Arc<Handler>,
+    settings: &Settings,
+    ack_wait: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let size = usize::from(settings.batch);
+    let pipelines = (usize::from(settings.prefetch) / size).max(1);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut running = tokio::task::JoinSet::new();
+    for _ in 0..pipelines {
+        let (consumer, handler, name) = (consumer.clone(), handler.clone(), name.to_owned());
+        let max = settings.max_deliveries;
+        let stopped = stopped.clone();
+        running.spawn(async move {
+            pipeline(consumer, &handler, &name, (size, max, ack_wait), stopped).await
+        });
+    }
+    let mut shutdown = std::pin::pin!(shutdown);
+    let failed = tokio::select! {
+        () = &mut shutdown => None,
+        Some(done) = running.join_next() => Some(done),
+    };
+    let _ = stop.send(true);
+    for done in failed
+        .into_iter()
+        .chain(running.join_all().await.into_iter().map(Ok))
+    {
+        done?.map_err(|e| e as Box<dyn std::error::Error>)?;
+    }
+    Ok(())
+}
+
+/// One pipeline of [`consume_batches`]: pull a batch, handle it, tell the server about each
+/// message, again, until `stopped` says so.
+async fn pipeline(
+    consumer: PullConsumer,
+    handler: &Handler,
+    name: &str,
+    (size, max_deliveries, ack_wait): (usize, u16, Duration),
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), async_nats::Error> {
+    while !*stopped.borrow() {
+        let pull = async {
+            let mut messages = Vec::with_capacity(size);
+            match consumer
+                .batch()
+                .max_messages(size)
+                .expires(LINGER)
+                .messages()
+                .await
+            {
+                Ok(mut batch) => {
+                    while let Some(message) = batch.next().await {
+                        match message {
+                            Ok(message) => messages.push(message),
+                            Err(e) => eprintln!("pull: {e}"),
+                        }
+                    }
+                }
+                // The client reconnects by itself; the next pull resumes.
+                Err(e) => {
+                    eprintln!("pull: {e}");
+                    tokio::time::sleep(LINGER).await;
+                }
+            }
+            messages
+        };
+        let messages = tokio::select! {
+            _ = stopped.changed() => break,
+            messages = pull => messages,
+        };
+        if !messages.is_empty() {
+            handle_batch(handler, name, max_deliveries, ack_wait, messages).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A batch of messages: the handler takes the readable ones together, then the server is
+/// told about each ([`settle`]).
+async fn handle_batch(
+    handler: &Handler,
+    name: &str,
+    max_deliveries: u16,
+    ack_wait: Duration,
+    messages: Vec<jetstream::Message>,
+) -> Result<(), async_nats::Error> {
+    let mut outcomes: Vec<Option<Result<(), HandlerError>>> = Vec::with_capacity(messages.len());
+    let (mut deliveries, mut readable) = (Vec::new(), Vec::new());
+    for (i, message) in messages.iter().enumerate() {
+        let delivered = message.info()?.delivered;
+        outcomes.push(match serde_json::from_slice::<Event>(&message.payload) {
+            Ok(event) => {
+                deliveries.push((event, delivered == 1));
+                readable.push(i);
+                None
+            }
+            Err(_) => Some(Err(HandlerError::Invalid)),
+        });
+    }
+    let held: Vec<&jetstream::Message> = messages.iter().collect();
+    let handled = in_progress(&held, ack_wait, handler.handle_batch(&deliveries)).await;
+    for (i, result) in readable.into_iter().zip(handled) {
+        outcomes[i] = Some(result.map(drop));
+    }
+    for (message, outcome) in messages.iter().zip(outcomes) {
+        let outcome = outcome.unwrap_or(Err(HandlerError::Unavailable));
+        settle(handler, name, max_deliveries, message, outcome).await?;
+    }
+    Ok(())
 }

@@ -21,6 +21,8 @@ const ALWAYS_FAIL: usize = 3;
 const INVALID: usize = 2;
 /// Messages a worker has in flight.
 const PREFETCH: usize = 32;
+/// Messages a worker handles at a time in [`Mode::BatchKill`]: two batches in flight.
+const BATCH: usize = 16;
 
 /// A message dead-lettered by the broker (or, on NATS, by the consumer on its last delivery).
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -53,6 +55,8 @@ pub(crate) enum Mode {
     /// Plain mode; worker `a` is SIGKILLed after 700 effects, at whatever point each of its
     /// messages is.
     PlainKill,
+    /// The same, with the workers handling [`BATCH`] messages at a time (NATS).
+    BatchKill,
     /// Transactional mode; worker `a` aborts right after the commit of one event, before
     /// its ack.
     TxCrashAfterCommit,
@@ -283,6 +287,10 @@ pub(crate) async fn scenario<B: Broker>(broker: &B, pg_url: &str, mode: Mode, la
             if transactional { "tx" } else { "plain" }.to_owned(),
         ),
         ("PREFETCH", PREFETCH.to_string()),
+        (
+            "BATCH",
+            if mode == Mode::BatchKill { BATCH } else { 0 }.to_string(),
+        ),
         ("MAX_DELIVERIES", "5".to_owned()),
     ]);
     // The tables, created once before the workers race to create them.
@@ -291,6 +299,7 @@ pub(crate) async fn scenario<B: Broker>(broker: &B, pg_url: &str, mode: Mode, la
         table: table.clone(),
         transactional,
         prefetch: PREFETCH as u16,
+        batch: 0,
         max_deliveries: 5,
         worker: "test".into(),
         crash_after_commit: None,
@@ -311,7 +320,7 @@ pub(crate) async fn scenario<B: Broker>(broker: &B, pg_url: &str, mode: Mode, la
 
     let start = Instant::now();
     let (a, b) = match mode {
-        Mode::PlainKill => {
+        Mode::PlainKill | Mode::BatchKill => {
             let a = Worker::spawn("a", &env);
             let b = Worker::spawn("b", &env);
             // Mid-stream: effects are being written, with both workers busy.
