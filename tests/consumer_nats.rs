@@ -222,3 +222,25 @@ async fn batches_and_single_deliveries_share_records() {
         let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
     }
 }
+
+/// More events at once than async-nats lets a context have acks outstanding (5,000): every
+/// one is published. (Before the example's `publish` awaited its acks on the way, the
+/// 5,001st publish waited forever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_more_events_than_acks_may_be_outstanding() {
+    let Some(nats) = Nats::new().await else {
+        return;
+    };
+    let events: Vec<Event> = (0..6_000)
+        .map(|i| Event {
+            event_id: format!("evt-{i}"),
+            amount_cents: i,
+            demo: handler::Demo::Ok,
+        })
+        .collect();
+    tokio::time::timeout(Duration::from_secs(20), nats.publish(&events))
+        .await
+        .expect("published within 20 s");
+    assert_eq!(nats.pending().await, 6_000);
+    nats.delete().await;
+}

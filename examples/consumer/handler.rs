@@ -152,7 +152,10 @@ pub(crate) struct Settings {
     /// `BATCH` [0: one message at a time]: NATS only — pull up to this many messages at a
     /// time and handle them together (`Handler::handle_batch`), `PREFETCH / BATCH` batches
     /// at once.
-    #[allow(dead_code, reason = "the RabbitMQ consumer takes one message at a time")]
+    #[allow(
+        dead_code,
+        reason = "the RabbitMQ consumer takes one message at a time"
+    )]
     pub(crate) batch: u16,
     /// `MAX_DELIVERIES` [5]: deliveries of a message before the broker dead-letters it.
     pub(crate) max_deliveries: u16,
@@ -370,7 +373,10 @@ impl Handler {
     /// — under the same records as `handle`'s, so a batch and a single delivery of one
     /// event replay each other. Transactional mode (a transaction per event) handles them
     /// concurrently, one by one.
-    #[allow(dead_code, reason = "the RabbitMQ consumer takes one message at a time")]
+    #[allow(
+        dead_code,
+        reason = "the RabbitMQ consumer takes one message at a time"
+    )]
     pub(crate) async fn handle_batch(
         &self,
         deliveries: &[(Event, bool)],
