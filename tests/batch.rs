@@ -336,6 +336,31 @@ async fn a_consumer_batch() {
     db.drop_tables(&table).await;
 }
 
+/// A batch's store keeps its connection warm for the next batch for a moment, then gives it
+/// back: the application's `Pool::close` at shutdown, which waits for every connection,
+/// returns. (Before the kept connections were given back, it waited forever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_closes_after_batches() {
+    let table = support::sql::unique("idem_batch_close");
+    let db = Backend::sqlite().open(&table, false).await;
+    let handle = handler(OnConflict::Reject);
+    for round in 0..3_u64 {
+        let calls = (0..8_u64).map(|i| {
+            let id = format!("{table}-{round}-{i}");
+            (key(&id), Fingerprint::of(&i).unwrap(), async move { Ok(i) })
+        });
+        let results = handle.run_batch(&*db.store, calls.collect()).await;
+        assert_eq!(values(results), (0..8).collect::<Vec<_>>());
+    }
+    db.drop_tables(&table).await;
+    let support::sql::Effects::Sqlite(pool) = &db.effects else {
+        unreachable!("an SQLite backend")
+    };
+    tokio::time::timeout(Duration::from_secs(2), pool.close())
+        .await
+        .expect("the pool closes within 2 s");
+}
+
 /// A store whose batches answer one item too few (a bug of its own).
 struct ShortBatches(MemoryStore);
 

@@ -85,9 +85,9 @@ impl<'a, S: ReleaseAfter> ClaimConnection<'a, S> {
         self.conn.as_mut()
     }
 
-    /// The claims returned to their caller: give the connection back to the pool.
-    pub(crate) fn disarm(mut self) {
-        drop(self.conn.take());
+    /// The claims returned to their caller: the connection, theirs no more.
+    pub(crate) fn disarm(mut self) -> Option<S::Conn> {
+        self.conn.take()
     }
 }
 

@@ -254,7 +254,7 @@ impl Job for ClaimJob {
     }
 
     async fn run<D: Common>(store: &SqlStore<D>, jobs: Vec<Self>) {
-        let mut conn = match store.connection("claim").await {
+        let mut conn = match store.batch_connection("claim").await {
             Ok(conn) => conn,
             Err(e) => {
                 for job in jobs {
@@ -266,6 +266,9 @@ impl Job for ClaimJob {
         let claims: Vec<NewClaim<'_>> = jobs.iter().map(ClaimJob::claim).collect();
         let replies = claim_all(store, &mut conn, &claims).await;
         drop(claims);
+        if claims_answered(&replies) {
+            store.keep_warm(conn);
+        }
         for (job, reply) in jobs.into_iter().zip(replies) {
             // The caller is gone (cancelled): release the claim it will never know of —
             // on a task, so that the next batch does not wait for these commits.
@@ -409,7 +412,7 @@ impl Job for CompleteJob {
     }
 
     async fn run<D: Common>(store: &SqlStore<D>, jobs: Vec<Self>) {
-        let mut conn = match store.connection("complete").await {
+        let mut conn = match store.batch_connection("complete").await {
             Ok(conn) => conn,
             Err(e) => {
                 for job in jobs {
@@ -424,6 +427,9 @@ impl Job for CompleteJob {
             .collect();
         let done = complete_all(store, &mut conn, &records).await;
         drop(records);
+        if completes_answered(&done) {
+            store.keep_warm(conn);
+        }
         for (job, done) in jobs.into_iter().zip(done) {
             let _ = job.reply.send(done);
         }
@@ -498,7 +504,7 @@ pub(crate) async fn claim_batch<D: Common>(
             token: token::fresh(),
         })
         .collect();
-    let conn = match store.connection("claim").await {
+    let conn = match store.batch_connection("claim").await {
         Ok(conn) => conn,
         Err(e) => return claims.iter().map(|_| Err(shared(&e))).collect(),
     };
@@ -510,7 +516,11 @@ pub(crate) async fn claim_batch<D: Common>(
             .collect();
     };
     let answers = claim_all(store, conn, &claims).await;
-    guard.disarm();
+    if let Some(conn) = guard.disarm()
+        && claims_answered(&answers)
+    {
+        store.keep_warm(conn);
+    }
     answers
 }
 
@@ -529,8 +539,14 @@ pub(crate) async fn complete_batch<D: Common>(
             .iter()
             .map(|&i| (records[i].0, records[i].1, &records[i].2, ttl))
             .collect();
-        let done = match store.connection("complete").await {
-            Ok(mut conn) => complete_all(store, &mut conn, &items).await,
+        let done = match store.batch_connection("complete").await {
+            Ok(mut conn) => {
+                let done = complete_all(store, &mut conn, &items).await;
+                if completes_answered(&done) {
+                    store.keep_warm(conn);
+                }
+                done
+            }
             Err(e) => items.iter().map(|_| Err(shared(&e))).collect(),
         };
         for (&i, done) in batched.iter().zip(done) {
@@ -542,6 +558,19 @@ pub(crate) async fn complete_batch<D: Common>(
         answers[i] = Some(Store::complete(store, key, *token, output.clone(), ttl).await);
     }
     answers.into_iter().flatten().collect()
+}
+
+/// Whether every claim of a batch was answered (no statement failed): then its connection
+/// is fit for the next batch's statements (`warm.rs`).
+fn claims_answered(answers: &[Result<Claim, StoreError>]) -> bool {
+    answers.iter().all(Result::is_ok)
+}
+
+/// The same for completes, where a lost lease is an answer too.
+fn completes_answered(answers: &[Result<(), StoreError>]) -> bool {
+    answers
+        .iter()
+        .all(|done| matches!(done, Ok(()) | Err(StoreError::LeaseLost)))
 }
 
 /// A store error for each of a batch's calls (a `StoreError` is not `Clone`).

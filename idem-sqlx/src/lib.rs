@@ -30,6 +30,7 @@ mod statements;
 mod store;
 mod table;
 mod token;
+mod warm;
 
 pub use order::ClaimOrder;
 pub use store::SqlStore;

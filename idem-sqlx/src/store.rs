@@ -23,6 +23,7 @@ use crate::purge::{self, PURGE_BATCH};
 use crate::statements::Statements;
 use crate::table::Table;
 use crate::token;
+use crate::warm::Warm;
 
 /// Idempotency records in one table of a SQL database, through a sqlx pool: one store for
 /// every database, with a dialect (`D`: `Postgres`, `Sqlite` or `MySql`) for what differs.
@@ -44,6 +45,8 @@ pub struct SqlStore<D: Dialect> {
     pub(crate) dialect: D,
     /// The queues of coalesced claims and completes, if on ([`SqlStore::with_coalescing`]).
     pub(crate) coalescer: Option<Arc<Coalescer>>,
+    /// Connections kept for the next statement of an explicit batch.
+    warm: Arc<Warm<D::Database>>,
 }
 
 impl<D: Dialect> Clone for SqlStore<D> {
@@ -55,6 +58,7 @@ impl<D: Dialect> Clone for SqlStore<D> {
             sql: self.sql.clone(),
             dialect: self.dialect.clone(),
             coalescer: self.coalescer.clone(),
+            warm: self.warm.clone(),
         }
     }
 }
@@ -70,6 +74,7 @@ impl<D: Dialect> SqlStore<D> {
             table,
             dialect: D::default(),
             coalescer: None,
+            warm: Arc::default(),
         }
     }
 
@@ -83,6 +88,7 @@ impl<D: Dialect> SqlStore<D> {
             table,
             dialect: self.dialect,
             coalescer: self.coalescer,
+            warm: self.warm,
         })
     }
 
@@ -369,6 +375,23 @@ impl<D: Common> SqlStore<D> {
         Box::pin(self.pool.acquire()).await.map_err(backend(op))
     }
 
+    /// A connection for a statement of an explicit batch: the one the last batch statement
+    /// left warm (see `warm.rs`), else one from the pool.
+    pub(crate) async fn batch_connection(
+        &self,
+        op: &'static str,
+    ) -> Result<PoolConnection<D::Database>, StoreError> {
+        match self.warm.take() {
+            Some(conn) => Ok(conn),
+            None => self.connection(op).await,
+        }
+    }
+
+    /// Keeps the connection of a batch statement that went well for the next one.
+    pub(crate) fn keep_warm(&self, conn: PoolConnection<D::Database>) {
+        self.warm.keep(&self.pool, conn);
+    }
+
     /// A claim by its own statements, on a connection of its own that guards it against
     /// cancellation.
     async fn claim_alone(&self, claim: NewClaim<'_>) -> Result<Claim, StoreError> {
@@ -379,7 +402,7 @@ impl<D: Common> SqlStore<D> {
         };
         let read_first = self.order.read_first();
         let claimed = D::claim(self, conn, claim, read_first).await;
-        guard.disarm();
+        drop(guard.disarm());
         self.order.learn(claimed)
     }
 

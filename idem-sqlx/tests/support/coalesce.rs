@@ -726,6 +726,55 @@ pub async fn cancelled_completes_break_nothing<S: Store + 'static>(store: Arc<S>
     println!("{dropped} of {CALLS} completes dropped, none broke another");
 }
 
+/// A store's batch statements keep their connection for the next one (`warm.rs`) and give
+/// it back to its pool (`pool`) soon after: every connection is idle again within two
+/// seconds of the last batch. (Without that, a `Pool::close` after a batch waits forever.)
+pub async fn batches_give_their_connections_back<S: Store, DB: sqlx::Database>(
+    store: &S,
+    pool: &sqlx::Pool<DB>,
+) {
+    {
+        let keys: Vec<Key> = (0..16)
+            .map(|i| Key::new("idem_sqlx::tests::warm", &format!("{i}-{}", token_seed())).unwrap())
+            .collect();
+        let fp = Fingerprint::from_bytes([7; 32]);
+        let claims: Vec<(&Key, &Fingerprint)> = keys.iter().map(|k| (k, &fp)).collect();
+        let mut records = Vec::new();
+        for (key, claim) in keys
+            .iter()
+            .zip(store.claim_batch(&claims, LONG_LEASE).await)
+        {
+            let Ok(Claim::Claimed(token)) = claim else {
+                panic!("a fresh key is claimed: {claim:?}");
+            };
+            records.push((key, token, super::output(b"done".to_vec())));
+        }
+        for done in store.complete_batch(&records, LONG_LEASE).await {
+            done.unwrap();
+        }
+        let start = std::time::Instant::now();
+        while pool.num_idle() < pool.size() as usize {
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "{} of {} connections still out after 2 s",
+                pool.size() as usize - pool.num_idle(),
+                pool.size()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// A number no other run of the check uses, for fresh keys.
+fn token_seed() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    nanos ^ NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 /// The coalescing tests every backend runs, as test functions in the calling module. The
 /// test file provides `with_store` and `exec(&pool, sql)`; the argument is what follows
 /// the store among `with_store`'s closure parameters (nothing, or `, _db`).
@@ -850,6 +899,18 @@ macro_rules! coalescing_tests {
                 })
                 .await;
             }
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn batches_give_their_connections_back() {
+            with_store(|store $($extra)*| async move {
+                let store = Arc::unwrap_or_clone(store);
+                let pool = store.pool().clone();
+                support::coalesce::batches_give_their_connections_back(&store, &pool).await;
+                let store = store.with_coalescing(true);
+                support::coalesce::batches_give_their_connections_back(&store, &pool).await;
+            })
+            .await;
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
