@@ -495,6 +495,10 @@ pub(crate) async fn claim_batch<D: Common>(
     claims: &[(&Key, &Fingerprint)],
     lease: Duration,
 ) -> Vec<Result<Claim, StoreError>> {
+    // Nothing to send: an empty statement is not one a server takes (MySQL's `IN ()`).
+    if claims.is_empty() {
+        return Vec::new();
+    }
     let claims: Vec<NewClaim<'_>> = claims
         .iter()
         .map(|&(key, fingerprint)| NewClaim {
@@ -560,17 +564,19 @@ pub(crate) async fn complete_batch<D: Common>(
     answers.into_iter().flatten().collect()
 }
 
-/// Whether every claim of a batch was answered (no statement failed): then its connection
-/// is fit for the next batch's statements (`warm.rs`).
+/// Whether a batch's statements went well — some claims, each answered — so that its
+/// connection is fit for the next batch's statements (`warm.rs`). No answers proves nothing:
+/// a statement that failed for a batch of none leaves no error behind to see.
 fn claims_answered(answers: &[Result<Claim, StoreError>]) -> bool {
-    answers.iter().all(Result::is_ok)
+    !answers.is_empty() && answers.iter().all(Result::is_ok)
 }
 
 /// The same for completes, where a lost lease is an answer too.
 fn completes_answered(answers: &[Result<(), StoreError>]) -> bool {
-    answers
-        .iter()
-        .all(|done| matches!(done, Ok(()) | Err(StoreError::LeaseLost)))
+    !answers.is_empty()
+        && answers
+            .iter()
+            .all(|done| matches!(done, Ok(()) | Err(StoreError::LeaseLost)))
 }
 
 /// A store error for each of a batch's calls (a `StoreError` is not `Clone`).

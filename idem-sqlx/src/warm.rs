@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a connection is kept for the next batch statement: a consumer's next statement
-/// comes within milliseconds; an idle store gives its connections back after this (and a
-/// `Pool::close`, which waits for every connection, waits this long at most).
+/// comes within milliseconds. A task gives back what is kept longer, looking every `IDLE`:
+/// an idle store holds nothing after twice this, and a `Pool::close`, which waits for every
+/// connection, waits that long at most.
 const IDLE: Duration = Duration::from_millis(20);
 /// At most this many connections are kept, and at most a quarter of the pool's: the rest
 /// of the application keeps the pool (a pool of fewer than 4 keeps none).
