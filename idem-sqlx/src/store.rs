@@ -38,11 +38,11 @@ use crate::warm::Warm;
 /// the record.
 ///
 /// The statements of batches (`Store::claim_batch`, `complete_batch`, and coalesced calls)
-/// keep their connection out of the pool for up to 20 ms after they answer, for the next
-/// batch statement — at most 4, and a quarter of the pool's connections (none in a pool
-/// under 4) — so that a stream of batches does not pay sqlx's ping of every returned
-/// connection and a cold connection each time; a `Pool::close` right after waits that
-/// long.
+/// keep their connection out of the pool for about 20 ms after they answer (40 at most),
+/// for the next batch statement — at most 4, and a quarter of the pool's connections (none
+/// in a pool under 4) — so that a stream of batches does not pay sqlx's ping of every
+/// returned connection and a cold connection each time; a `Pool::close` right after waits
+/// that long.
 pub struct SqlStore<D: Dialect> {
     pub(crate) order: Arc<Order>,
     pub(crate) pool: Pool<D::Database>,

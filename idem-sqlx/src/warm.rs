@@ -5,7 +5,7 @@
 //! after the bodies, the next batch's claims — each pay a round trip more and run on another
 //! server backend, cold. On PostgreSQL that was a fifth of `run_batch`'s throughput
 //! (BENCHMARKS.md, "coalescing"). So the connection of a batch statement that went well is
-//! kept here for the next batch statement, for [`IDLE`] at most, then given back to the pool.
+//! kept here for the next batch statement, for about [`IDLE`], then given back to the pool.
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Database, Pool};
