@@ -176,12 +176,23 @@ pub(crate) fn cli(port: u16, args: &[&str]) -> Option<String> {
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-pub(crate) fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+pub(crate) fn wait_until(what: &str, ready: impl FnMut() -> bool) {
+    assert!(
+        within(Duration::from_secs(20), ready),
+        "timed out waiting until {what}"
+    );
+}
+
+/// Whether `ready` says so within `limit` (asked every 50 ms).
+pub(crate) fn within(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
     while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
+    true
 }
 
 /// Whether redis-server and redis-cli are installed (else skip, or fail if required).
