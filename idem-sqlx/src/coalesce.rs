@@ -495,7 +495,7 @@ pub(crate) async fn claim_batch<D: Common>(
     claims: &[(&Key, &Fingerprint)],
     lease: Duration,
 ) -> Vec<Result<Claim, StoreError>> {
-    // Nothing to send: an empty statement is not one a server takes (MySQL's `IN ()`).
+    // Nothing to claim: no connection to take.
     if claims.is_empty() {
         return Vec::new();
     }

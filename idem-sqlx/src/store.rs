@@ -359,6 +359,11 @@ where
         columns: &str,
         digests: &[&[u8]],
     ) -> Result<Vec<BatchRow>, sqlx::Error> {
+        // No keys, no statement: padded to one placeholder with no value bound, it is one
+        // sqlx refuses after preparing it, which leaves MySQL's connection out of step.
+        if digests.is_empty() {
+            return Ok(Vec::new());
+        }
         let list = batch::repeat("?", batch::rows_for(digests.len()), ", ");
         let sql = format!("SELECT {columns} FROM {{t}} WHERE key_digest IN ({list})");
         let mut query = sqlx::query(D::sql(&store.table, &sql));

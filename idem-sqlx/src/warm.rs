@@ -101,7 +101,7 @@ impl<DB: Database> Warm<DB> {
 /// Takes the connections kept past [`IDLE`] out of `kept`, to be dropped (given back to the
 /// pool) once the lock is released.
 fn stale<DB: Database>(kept: &mut Vec<(PoolConnection<DB>, Instant)>) -> Vec<PoolConnection<DB>> {
-    let (fresh, stale): (Vec<_>, Vec<_>) = kept.drain(..).partition(|(_, at)| at.elapsed() < IDLE);
-    *kept = fresh;
-    stale.into_iter().map(|(conn, _)| conn).collect()
+    kept.extract_if(.., |(_, at)| at.elapsed() >= IDLE)
+        .map(|(conn, _)| conn)
+        .collect()
 }
