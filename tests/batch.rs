@@ -434,3 +434,89 @@ async fn a_short_answer_from_the_store_moves_no_result() {
     );
     assert_eq!(runs.load(Ordering::SeqCst), 3);
 }
+
+/// A store whose records are slow to write, and which counts the renewals that found their
+/// claim gone.
+struct SlowRecords {
+    inner: MemoryStore,
+    renewed_gone: AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl Store for SlowRecords {
+    async fn claim(
+        &self,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<idem::store::Claim, idem::StoreError> {
+        self.inner.claim(key, fingerprint, lease).await
+    }
+    async fn renew(
+        &self,
+        key: &Key,
+        token: idem::store::Token,
+        lease: Duration,
+    ) -> Result<(), idem::StoreError> {
+        let renewed = self.inner.renew(key, token, lease).await;
+        if matches!(renewed, Err(idem::StoreError::LeaseLost)) {
+            self.renewed_gone.fetch_add(1, Ordering::SeqCst);
+        }
+        renewed
+    }
+    async fn complete(
+        &self,
+        key: &Key,
+        token: idem::store::Token,
+        output: idem::store::Output,
+        ttl: Duration,
+    ) -> Result<(), idem::StoreError> {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        self.inner.complete(key, token, output, ttl).await
+    }
+    async fn release(&self, key: &Key, token: idem::store::Token) -> Result<(), idem::StoreError> {
+        self.inner.release(key, token).await
+    }
+    async fn purge_expired(&self) -> Result<u64, idem::StoreError> {
+        self.inner.purge_expired().await
+    }
+}
+
+/// A call whose error released its key before the batch's records are written is not
+/// renewed while they are: its heartbeat stops with the release (before, it went on
+/// renewing a claim that was gone, and warned that a lease was lost).
+#[tokio::test]
+async fn a_released_claim_is_not_renewed_while_the_others_are_recorded() {
+    let store = SlowRecords {
+        inner: MemoryStore::new(),
+        renewed_gone: AtomicU32::new(0),
+    };
+    // Renewed every 20 ms; the record takes 150 ms.
+    let handle = Idempotent::<u64, Error>::new(Options {
+        lease: Duration::from_millis(60),
+        ..Options::new(NAMESPACE)
+    });
+    let calls = ["fails", "slow", "recorded"].map(|id| {
+        let body = async move {
+            match id {
+                "fails" => Err(Error::WaitTimeout),
+                // Pending once, so that the heartbeats start.
+                "slow" => {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    Ok(2)
+                }
+                _ => Ok(1),
+            }
+        };
+        (key(id), Fingerprint::of(id).unwrap(), body)
+    });
+    let results = handle.run_batch(&store, calls.into()).await;
+    assert!(matches!(results[0], Err(Error::WaitTimeout)), "{results:?}");
+    assert_eq!(results[1].as_ref().ok(), Some(&2));
+    assert_eq!(results[2].as_ref().ok(), Some(&1));
+    assert_eq!(
+        store.renewed_gone.load(Ordering::SeqCst),
+        0,
+        "no renewal of a released claim"
+    );
+}

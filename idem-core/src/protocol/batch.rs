@@ -9,6 +9,7 @@ use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use tracing::Instrument;
 
@@ -180,33 +181,36 @@ impl<T, E, P: ErrorPolicy<E>> Idempotent<T, E, P> {
             })
             .collect();
         let tokens: Vec<(usize, Token)> = owned.iter().map(|&(i, token, _)| (i, token)).collect();
+        // Set for each claim the batch releases, so that its heartbeat stops renewing it.
+        let released: Vec<AtomicBool> = tokens.iter().map(|_| AtomicBool::new(false)).collect();
         let mut work = pin!(async {
             let bodies = owned.into_iter().map(|(i, _, body)| {
                 let span = observe::span(self.options.namespace, sessions[i].key.digest());
                 AssertUnwindSafe(body.instrument(span)).catch_unwind()
             });
             let finished = join_all(bodies).await;
-            self.record_all(sessions, &tokens, finished).await
+            self.record_all(sessions, &tokens, &released, finished)
+                .await
         });
         // A batch that finishes in its first poll never arms the heartbeats' timers.
-        let done = match poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
-            Poll::Ready(done) => done,
-            Poll::Pending => {
-                let beats = pin!(async {
-                    join_all(
-                        tokens
-                            .iter()
-                            .map(|&(i, token)| sessions[i].heartbeat(token)),
-                    )
-                    .await;
-                    std::future::pending::<Infallible>().await
-                });
-                match select(work, beats).await {
-                    Either::Left((done, _)) => done,
-                    Either::Right((never, _)) => match never {},
+        let done =
+            match poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
+                Poll::Ready(done) => done,
+                Poll::Pending => {
+                    let beats =
+                        pin!(async {
+                            join_all(tokens.iter().zip(&released).map(
+                                |(&(i, token), released)| sessions[i].heartbeat(token, released),
+                            ))
+                            .await;
+                            std::future::pending::<Infallible>().await
+                        });
+                    match select(work, beats).await {
+                        Either::Left((done, _)) => done,
+                        Either::Right((never, _)) => match never {},
+                    }
                 }
-            }
-        };
+            };
         for guard in guards {
             guard.disarm();
         }
@@ -219,6 +223,7 @@ impl<T, E, P: ErrorPolicy<E>> Idempotent<T, E, P> {
         &self,
         sessions: &[Session<'_, S>],
         tokens: &[(usize, Token)],
+        released: &[AtomicBool],
         finished: Vec<std::thread::Result<Result<T, E>>>,
     ) -> (
         Vec<(usize, Result<T, E>)>,
@@ -227,12 +232,16 @@ impl<T, E, P: ErrorPolicy<E>> Idempotent<T, E, P> {
         let mut results = Vec::with_capacity(finished.len());
         let mut records: Vec<(usize, Token, Output)> = Vec::new();
         let mut panic = None;
-        for (&(i, token), finished) in tokens.iter().zip(finished) {
+        for ((&(i, token), released), finished) in tokens.iter().zip(released).zip(finished) {
             let session = &sessions[i];
+            let release = || async {
+                released.store(true, Ordering::Release);
+                session.release(token).await;
+            };
             let result = match finished {
                 Ok(result) => result,
                 Err(payload) => {
-                    session.release(token).await;
+                    release().await;
                     self.outcome(CallOutcome::Panicked);
                     panic.get_or_insert(payload);
                     continue;
@@ -244,12 +253,12 @@ impl<T, E, P: ErrorPolicy<E>> Idempotent<T, E, P> {
                     results.push((i, result));
                 }
                 Leave::Release => {
-                    session.release(token).await;
+                    release().await;
                     self.outcome(CallOutcome::Released);
                     results.push((i, result));
                 }
                 Leave::Refuse(e) => {
-                    session.release(token).await;
+                    release().await;
                     results.push((i, self.refused(e)));
                 }
             }

@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -169,24 +170,31 @@ impl<S: Store + ?Sized> Session<'_, S> {
         if let Poll::Ready(output) = poll_fn(|cx| Poll::Ready(body.as_mut().poll(cx))).await {
             return output;
         }
-        let beat = pin!(self.heartbeat(token));
+        // Released only after the body, when the heartbeat is gone.
+        let released = AtomicBool::new(false);
+        let beat = pin!(self.heartbeat(token, &released));
         match select(body, beat).await {
             Either::Left((output, _)) => output,
             Either::Right((never, _)) => match never {},
         }
     }
 
-    pub(super) async fn heartbeat(&self, token: Token) -> Infallible {
+    /// Renews the lease every third of it, until `released` is set: a claim the call has
+    /// released (in a batch, before the others' records are written) is no longer its to
+    /// renew, and finding it gone is not a lost lease.
+    pub(super) async fn heartbeat(&self, token: Token, released: &AtomicBool) -> Infallible {
         let lease = self.options.lease;
         let period = (lease / 3).max(Duration::from_millis(1));
         let mut lost = false;
         loop {
             tokio::time::sleep(period).await;
-            if lost {
+            if lost || released.load(Ordering::Acquire) {
                 continue;
             }
             match self.store.renew(self.key, token, lease).await {
                 Ok(()) => {}
+                // Released while the renew was on its way.
+                Err(StoreError::LeaseLost) if released.load(Ordering::Acquire) => {}
                 Err(StoreError::LeaseLost) => {
                     tracing::warn!(
                         "lease lost while the body runs; its result will not be recorded"
