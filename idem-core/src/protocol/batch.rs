@@ -44,11 +44,12 @@ impl<T, E, P: ErrorPolicy<E>> Idempotent<T, E, P> {
     /// A call whose claim finds its key in progress (held by another call, or a duplicate
     /// in the batch), or fails, continues on its own as `run` does once the batch's records
     /// are written: a duplicate then replays its twin's result, and a key another call
-    /// holds waits, is refused or fails as the options say. A record that cannot be written in the batch is retried on its own
-    /// while its lease lasts. Every owned claim's lease is renewed until its record is
-    /// written (the records wait for the slowest body). A panicking body's claim is
-    /// released and the panic resumed once the others are recorded; a dropped batch
-    /// releases the claims it holds.
+    /// holds waits, is refused or fails as the options say. A record that cannot be
+    /// written in the batch is retried on its own while its lease lasts. Every owned
+    /// claim's lease is renewed until its record is written or the claim is released (the
+    /// records wait for the slowest body). A panicking body's claim is released and the
+    /// panic resumed once the others are recorded; a dropped batch releases the claims it
+    /// holds.
     ///
     /// ```
     /// # extern crate idem_core as idem;
@@ -192,25 +193,22 @@ impl<T, E, P: ErrorPolicy<E>> Idempotent<T, E, P> {
             self.record_all(sessions, &tokens, &released, finished)
                 .await
         });
+        let beats = async {
+            let renewing = tokens.iter().zip(&released);
+            join_all(
+                renewing.map(|(&(i, token), released)| sessions[i].heartbeat(token, released)),
+            )
+            .await;
+            std::future::pending::<Infallible>().await
+        };
         // A batch that finishes in its first poll never arms the heartbeats' timers.
-        let done =
-            match poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
-                Poll::Ready(done) => done,
-                Poll::Pending => {
-                    let beats =
-                        pin!(async {
-                            join_all(tokens.iter().zip(&released).map(
-                                |(&(i, token), released)| sessions[i].heartbeat(token, released),
-                            ))
-                            .await;
-                            std::future::pending::<Infallible>().await
-                        });
-                    match select(work, beats).await {
-                        Either::Left((done, _)) => done,
-                        Either::Right((never, _)) => match never {},
-                    }
-                }
-            };
+        let done = match poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
+            Poll::Ready(done) => done,
+            Poll::Pending => match select(work, pin!(beats)).await {
+                Either::Left((done, _)) => done,
+                Either::Right((never, _)) => match never {},
+            },
+        };
         for guard in guards {
             guard.disarm();
         }
