@@ -361,89 +361,19 @@ async fn the_pool_closes_after_batches() {
         .expect("the pool closes within 2 s");
 }
 
-/// A store whose batches answer one item too few (a bug of its own).
-struct ShortBatches(MemoryStore);
-
-#[async_trait::async_trait]
-impl Store for ShortBatches {
-    async fn claim(
-        &self,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-    ) -> Result<idem::store::Claim, idem::StoreError> {
-        self.0.claim(key, fingerprint, lease).await
-    }
-    async fn renew(
-        &self,
-        key: &Key,
-        token: idem::store::Token,
-        lease: Duration,
-    ) -> Result<(), idem::StoreError> {
-        self.0.renew(key, token, lease).await
-    }
-    async fn complete(
-        &self,
-        key: &Key,
-        token: idem::store::Token,
-        output: idem::store::Output,
-        ttl: Duration,
-    ) -> Result<(), idem::StoreError> {
-        self.0.complete(key, token, output, ttl).await
-    }
-    async fn release(&self, key: &Key, token: idem::store::Token) -> Result<(), idem::StoreError> {
-        self.0.release(key, token).await
-    }
-    async fn purge_expired(&self) -> Result<u64, idem::StoreError> {
-        self.0.purge_expired().await
-    }
-    async fn claim_batch(
-        &self,
-        claims: &[(&Key, &Fingerprint)],
-        lease: Duration,
-    ) -> Vec<Result<idem::store::Claim, idem::StoreError>> {
-        // Only the first ones are even claimed.
-        let n = claims.len().saturating_sub(1);
-        self.0.claim_batch(&claims[..n], lease).await
-    }
-    async fn complete_batch(
-        &self,
-        records: &[(&Key, idem::store::Token, idem::store::Output)],
-        ttl: Duration,
-    ) -> Vec<Result<(), idem::StoreError>> {
-        let n = records.len().saturating_sub(1);
-        self.0.complete_batch(&records[..n], ttl).await
-    }
-}
-
-/// A store whose batch answers fewer items than it was given never moves a result to
-/// another call: each call still gets its own (the unanswered claim runs on its own, the
-/// unanswered record is written on its own), and a second batch replays them all.
-#[tokio::test]
-async fn a_short_answer_from_the_store_moves_no_result() {
-    let (store, runs) = (ShortBatches(MemoryStore::new()), AtomicU32::new(0));
-    let handle = handler(OnConflict::Reject);
-    let calls = [("p", 1), ("q", 2), ("t", 3)];
-    assert_eq!(
-        values(batch(&handle, &store, &runs, &calls).await),
-        [2, 4, 6]
-    );
-    assert_eq!(
-        values(batch(&handle, &store, &runs, &calls).await),
-        [2, 4, 6]
-    );
-    assert_eq!(runs.load(Ordering::SeqCst), 3);
-}
-
-/// A store whose records are slow to write, and which counts the renewals that found their
-/// claim gone.
-struct SlowRecords {
+/// A [`MemoryStore`] with quirks: batches that answer `unanswered` items too few (a bug of
+/// its own), records that take `record_delay` to write; it counts the renewals that found
+/// their claim gone.
+#[derive(Default)]
+struct Quirky {
     inner: MemoryStore,
+    unanswered: usize,
+    record_delay: Duration,
     renewed_gone: AtomicU32,
 }
 
 #[async_trait::async_trait]
-impl Store for SlowRecords {
+impl Store for Quirky {
     async fn claim(
         &self,
         key: &Key,
@@ -471,7 +401,7 @@ impl Store for SlowRecords {
         output: idem::store::Output,
         ttl: Duration,
     ) -> Result<(), idem::StoreError> {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(self.record_delay).await;
         self.inner.complete(key, token, output, ttl).await
     }
     async fn release(&self, key: &Key, token: idem::store::Token) -> Result<(), idem::StoreError> {
@@ -480,6 +410,47 @@ impl Store for SlowRecords {
     async fn purge_expired(&self) -> Result<u64, idem::StoreError> {
         self.inner.purge_expired().await
     }
+    async fn claim_batch(
+        &self,
+        claims: &[(&Key, &Fingerprint)],
+        lease: Duration,
+    ) -> Vec<Result<idem::store::Claim, idem::StoreError>> {
+        // Only the first ones are even claimed.
+        let n = claims.len().saturating_sub(self.unanswered);
+        self.inner.claim_batch(&claims[..n], lease).await
+    }
+    async fn complete_batch(
+        &self,
+        records: &[(&Key, idem::store::Token, idem::store::Output)],
+        ttl: Duration,
+    ) -> Vec<Result<(), idem::StoreError>> {
+        tokio::time::sleep(self.record_delay).await;
+        let n = records.len().saturating_sub(self.unanswered);
+        self.inner.complete_batch(&records[..n], ttl).await
+    }
+}
+
+/// A store whose batch answers fewer items than it was given never moves a result to
+/// another call: each call still gets its own (the unanswered claim runs on its own, the
+/// unanswered record is written on its own), and a second batch replays them all.
+#[tokio::test]
+async fn a_short_answer_from_the_store_moves_no_result() {
+    let store = Quirky {
+        unanswered: 1,
+        ..Quirky::default()
+    };
+    let runs = AtomicU32::new(0);
+    let handle = handler(OnConflict::Reject);
+    let calls = [("p", 1), ("q", 2), ("t", 3)];
+    assert_eq!(
+        values(batch(&handle, &store, &runs, &calls).await),
+        [2, 4, 6]
+    );
+    assert_eq!(
+        values(batch(&handle, &store, &runs, &calls).await),
+        [2, 4, 6]
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
 }
 
 /// A call whose error released its key before the batch's records are written is not
@@ -487,9 +458,9 @@ impl Store for SlowRecords {
 /// renewing a claim that was gone, and warned that a lease was lost).
 #[tokio::test]
 async fn a_released_claim_is_not_renewed_while_the_others_are_recorded() {
-    let store = SlowRecords {
-        inner: MemoryStore::new(),
-        renewed_gone: AtomicU32::new(0),
+    let store = Quirky {
+        record_delay: Duration::from_millis(150),
+        ..Quirky::default()
     };
     // Renewed every 20 ms; the record takes 150 ms.
     let handle = Idempotent::<u64, Error>::new(Options {
