@@ -733,46 +733,35 @@ pub async fn batches_give_their_connections_back<S: Store, DB: sqlx::Database>(
     store: &S,
     pool: &sqlx::Pool<DB>,
 ) {
+    let run = super::unique_table("warm");
+    let keys: Vec<Key> = (0..16)
+        .map(|i| Key::new("idem_sqlx::tests::warm", &format!("{run}-{i}")).unwrap())
+        .collect();
+    let fp = Fingerprint::from_bytes([7; 32]);
+    let claims: Vec<(&Key, &Fingerprint)> = keys.iter().map(|k| (k, &fp)).collect();
+    let mut records = Vec::new();
+    for (key, claim) in keys
+        .iter()
+        .zip(store.claim_batch(&claims, LONG_LEASE).await)
     {
-        let keys: Vec<Key> = (0..16)
-            .map(|i| Key::new("idem_sqlx::tests::warm", &format!("{i}-{}", token_seed())).unwrap())
-            .collect();
-        let fp = Fingerprint::from_bytes([7; 32]);
-        let claims: Vec<(&Key, &Fingerprint)> = keys.iter().map(|k| (k, &fp)).collect();
-        let mut records = Vec::new();
-        for (key, claim) in keys
-            .iter()
-            .zip(store.claim_batch(&claims, LONG_LEASE).await)
-        {
-            let Ok(Claim::Claimed(token)) = claim else {
-                panic!("a fresh key is claimed: {claim:?}");
-            };
-            records.push((key, token, super::output(b"done".to_vec())));
-        }
-        for done in store.complete_batch(&records, LONG_LEASE).await {
-            done.unwrap();
-        }
-        let start = std::time::Instant::now();
-        while pool.num_idle() < pool.size() as usize {
-            assert!(
-                start.elapsed() < Duration::from_secs(2),
-                "{} of {} connections still out after 2 s",
-                pool.size() as usize - pool.num_idle(),
-                pool.size()
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let Ok(Claim::Claimed(token)) = claim else {
+            panic!("a fresh key is claimed: {claim:?}");
+        };
+        records.push((key, token, super::output(b"done".to_vec())));
     }
-}
-
-/// A number no other run of the check uses, for fresh keys.
-fn token_seed() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    nanos ^ NEXT.fetch_add(1, Ordering::Relaxed)
+    for done in store.complete_batch(&records, LONG_LEASE).await {
+        done.unwrap();
+    }
+    let start = std::time::Instant::now();
+    while pool.num_idle() < pool.size() as usize {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{} of {} connections still out after 2 s",
+            pool.size() as usize - pool.num_idle(),
+            pool.size()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// The coalescing tests every backend runs, as test functions in the calling module. The
